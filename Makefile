@@ -1,0 +1,40 @@
+# scca: two commands do everything on a fresh machine with Python 3.11.
+#   make run   -> venv + CPU install + bootstrap model (cached) + a full training run
+#   make test  -> venv + CPU install + bootstrap model (cached) + the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BOOTSTRAP_DIR ?= .cache/scca/bootstrap-s0
+CONFIG ?= deploy/default.toml
+PYTEST_ARGS ?=
+
+.PHONY: install bootstrap run test test-unit test-integration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(BOOTSTRAP_DIR)/bootstrap.json: | $(STAMP)
+	$(PY) -m deploy.cli bootstrap --out $(BOOTSTRAP_DIR)
+
+bootstrap: $(BOOTSTRAP_DIR)/bootstrap.json
+
+run: bootstrap
+	$(PY) -m deploy.cli run $(CONFIG)
+
+test: bootstrap
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+test-integration: bootstrap
+	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache runs

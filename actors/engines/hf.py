@@ -1,0 +1,214 @@
+"""Hugging Face `generate` engine for actors (CPU by default).
+
+Samples `n` completions per prompt with `model.generate` and returns, per sample, the
+completion token ids, the behaviour log-probabilities log μ(y_t | x, y_<t) and the entropy
+of μ at each step. μ is exactly the distribution the token was drawn from:
+
+    μ_t = softmax(warp(z_t))      z_t = raw logits of the model at step t
+    warp = divide by temperature, then top-p truncation (tokens outside the nucleus
+           get -inf, so μ_t is the truncated distribution renormalised over the nucleus)
+    greedy (temperature 0): μ_t = softmax(z_t), the argmax token is taken
+
+It is read from the processed scores `generate` sampled from (`output_scores`), with a
+GenerationConfig built here from scratch so that nothing in the model folder's
+generation_config.json (top_k, repetition penalty, ...) changes the distribution. With
+top_p = 1 this equals log_softmax(z_t / T), which a teacher-forced pass reproduces.
+
+Weights are swapped in place from verified safetensors snapshots (`protocol.weights`).
+
+What this does NOT do: talk to the hub, batch across calls, compute hidden-state
+summaries, or run on vLLM (see actors/engines/vllm.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from protocol.weights import (
+    MANIFEST,
+    WeightsError,
+    canary_logprob,
+    load_verified,
+    param_digest,
+    verify_snapshot,
+)
+
+
+@dataclass
+class Sample:
+    token_ids: np.ndarray  # int32 [T] completion tokens, incl. the final eos if it stopped
+    logprobs: np.ndarray  # float32 [T] log μ(y_t | x, y_<t) under the sampling distribution
+    entropy: np.ndarray  # float32 [T] entropy of μ_t (nats)
+    text: str  # decoded completion without special tokens
+    finish_reason: str  # "stop" (emitted eos) or "length"
+
+
+def behaviour_stats(scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log μ_t(y_t) and H(μ_t) from processed scores.
+
+    scores: [B, T, V] warped logits (may hold -inf for truncated tokens); tokens: [B, T].
+    Computed in float64: logp = log_softmax(scores); H = -Σ_v p_v logp_v with 0·(-inf) := 0.
+    Returns ([B, T], [B, T]) float64.
+    """
+    logp = torch.log_softmax(scores.to(torch.float64), dim=-1)  # [B, T, V]
+    p = logp.exp()
+    plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
+    entropy = -plogp.sum(-1)  # [B, T]
+    chosen = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [B, T]
+    return chosen, entropy
+
+
+class HFEngine:
+    """One HF causal LM held in memory; generate, swap weights, report digest and canary."""
+
+    def __init__(self, folder: Path, *, threads: int = 1, seed: int = 0, device: str = "cpu"):
+        folder = Path(folder)
+        torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.version = 0
+        if (folder / MANIFEST).exists():
+            self.version = int(verify_snapshot(folder)["version"])
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_id = self.tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError(f"tokenizer in {folder} has no eos token")
+        self.model = AutoModelForCausalLM.from_pretrained(folder).to(self.device).eval()
+        # Own RNG stream: generate() draws from the global torch RNG, so we swap our
+        # state in and out around each call; results depend only on `seed` and the calls.
+        torch.manual_seed(seed)
+        self._cpu_rng = torch.get_rng_state()
+        self._cuda_rng = None
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+            self._cuda_rng = torch.cuda.get_rng_state(self.device)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        *,
+        temperature: float,
+        top_p: float = 1.0,
+        max_new_tokens: int,
+        batch_size: int = 64,
+    ) -> list[list[Sample]]:
+        """n samples for each prompt (result[i] belongs to prompts[i]).
+
+        temperature 0 is greedy: each prompt is decoded once and copied n times.
+        Rows (prompt repeated n times) are processed batch_size at a time.
+        """
+        if n < 1 or max_new_tokens < 1 or batch_size < 1:
+            raise ValueError("n, max_new_tokens and batch_size must be >= 1")
+        if temperature < 0 or not (0.0 < top_p <= 1.0):
+            raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
+        greedy = temperature == 0
+        reps = 1 if greedy else n
+        rows = [i for i in range(len(prompts)) for _ in range(reps)]
+        samples: list[Sample] = []
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.set_rng_state(self._cpu_rng)
+            if self._cuda_rng is not None:
+                torch.cuda.set_rng_state(self._cuda_rng, self.device)
+            for start in range(0, len(rows), batch_size):
+                chunk = [prompts[i] for i in rows[start : start + batch_size]]
+                samples.extend(self._generate_batch(chunk, greedy, temperature, top_p, max_new_tokens))
+            self._cpu_rng = torch.get_rng_state()
+            if self._cuda_rng is not None:
+                self._cuda_rng = torch.cuda.get_rng_state(self.device)
+        out: list[list[Sample]] = [[] for _ in prompts]
+        for row, s in zip(rows, samples):
+            out[row].append(s)
+        if greedy:
+            out = [[s] + [_copy(s) for _ in range(n - 1)] for [s] in out]
+        return out
+
+    def _generation_config(self, greedy: bool, temperature: float, top_p: float, max_new: int):
+        kw = dict(
+            max_new_tokens=max_new,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.eos_id,
+            output_scores=True,
+            output_logits=True,
+            return_dict_in_generate=True,
+            use_cache=True,
+        )
+        if greedy:
+            return GenerationConfig(do_sample=False, **kw)
+        return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, **kw)
+
+    def _generate_batch(self, texts, greedy, temperature, top_p, max_new) -> list[Sample]:
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+        gc = self._generation_config(greedy, temperature, top_p, max_new)
+        out = self.model.generate(**enc, generation_config=gc)
+        P = enc["input_ids"].shape[1]
+        gen = out.sequences[:, P:]  # [B, T] completion ids, pad after eos
+        scores = torch.stack(out.scores, dim=1)  # [B, T, V] warped logits μ was drawn from
+        logp, ent = behaviour_stats(scores, gen)  # [B, T], [B, T]
+        gen_np = gen.cpu().numpy()
+        logp_np = logp.cpu().numpy()
+        ent_np = ent.cpu().numpy()
+        result = []
+        for b in range(gen_np.shape[0]):
+            ids = gen_np[b]
+            hits = np.flatnonzero(ids == self.eos_id)
+            stop = hits.size > 0
+            T = int(hits[0]) + 1 if stop else ids.shape[0]
+            token_ids = ids[:T].astype(np.int32)
+            result.append(
+                Sample(
+                    token_ids=token_ids,
+                    logprobs=logp_np[b, :T].astype(np.float32),
+                    entropy=ent_np[b, :T].astype(np.float32),
+                    text=self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True),
+                    finish_reason="stop" if stop else "length",
+                )
+            )
+        return result
+
+    # ------------------------------------------------------------------ weights
+
+    def load_weights(self, folder: Path, manifest_sha256: str | None = None) -> None:
+        """Verify the snapshot's checksums, then copy its tensors into the model in place.
+
+        Raises WeightsError (weights untouched) when the snapshot is corrupted or its
+        tensor names/shapes differ from the model's; nothing is copied before both pass.
+        """
+        folder = Path(folder)
+        manifest, state = load_verified(folder, manifest_sha256)
+        own = self.model.state_dict()
+        missing = sorted(own.keys() - state.keys())
+        extra = sorted(state.keys() - own.keys())
+        if missing or extra:
+            raise WeightsError(
+                f"snapshot {folder} does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}"
+            )
+        for name, t in state.items():
+            if tuple(t.shape) != tuple(own[name].shape):
+                raise WeightsError(
+                    f"snapshot {folder}: {name} has shape {tuple(t.shape)}, model has {tuple(own[name].shape)}"
+                )
+        with torch.no_grad():
+            self.model.load_state_dict(state, strict=True)
+        self.version = int(manifest["version"])
+
+    def digest(self) -> str:
+        """param_digest of the parameters and persistent buffers now held."""
+        return param_digest(self.model.state_dict().items())
+
+    def canary(self) -> float:
+        return canary_logprob(self.model, self.tokenizer)
+
+
+def _copy(s: Sample) -> Sample:
+    return Sample(s.token_ids.copy(), s.logprobs.copy(), s.entropy.copy(), s.text, s.finish_reason)

@@ -1,0 +1,175 @@
+"""The actor service: asks the learner for prompt groups, samples them, sends rollouts back (DESIGN §1, §4).
+
+What it does, top to bottom: connect (DEALER) -> `hello` -> `welcome` carries the current
+weights -> load and verify them -> `weights_loaded` (digest + canary) -> `work_request`
+-> then one worker drains an ordered queue of `work` and `weights_published` messages:
+work is generated in a thread (the event loop keeps heartbeating) and answered with one
+`rollout_group` per prompt, stamped with the weights version and digest; a weights
+message reloads in place after checksum verification (several queued ones collapse to
+the newest). A learner silent for `peer_timeout_s` means reconnect and say hello again.
+
+What it does not do: it never sees answers or rewards, keeps no state worth saving (a
+crash loses only work the learner's leases re-dispatch), and it does not fetch weight
+files over the network (it reads the shared folder named in the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import Counter, Gauge, start_http_server
+
+from actors.engines.hf import HFEngine
+from protocol.transport import DealerEndpoint
+from protocol.weights import WeightsError
+
+log = logging.getLogger("scca.actor")
+
+P = "scca_actor_"
+ROLLOUTS = Counter(P + "rollouts_generated_total", "Samples generated")
+TOKENS = Counter(P + "tokens_generated_total", "Completion tokens generated")
+TOK_PER_S = Gauge(P + "generation_tokens_per_second", "Tokens/s of the last work item")
+QUEUE = Gauge(P + "queue_depth", "Work and weights messages waiting")
+VERSION = Gauge(P + "weights_version", "Loaded weights version")
+LOAD_S = Gauge(P + "weights_load_seconds", "Seconds to verify and load the last snapshot")
+ERRORS = Counter(P + "errors_received_total", "error messages received from the learner", ["code"])
+LEARNER_UP = Gauge(P + "learner_alive", "1 while the learner answers")
+
+RECV_POLL_S = 0.5  # how long one recv waits before the loop checks liveness
+
+
+class Actor:
+    def __init__(self, cfg, address: str, name: str):
+        self.cfg = cfg
+        self.name = name
+        self.ep = DealerEndpoint(address, name, cfg.hub.heartbeat_s)
+        self.engine: HFEngine | None = None
+        self.queue: collections.deque[dict] = collections.deque()
+        self.wakeup = asyncio.Event()
+        self.busy = False
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        self.ep.start_heartbeats()
+        await self.say_hello()
+        worker = asyncio.get_running_loop().create_task(self.work_loop())
+        try:
+            while not self.stopping.is_set():
+                msg = await self.ep.recv(timeout=RECV_POLL_S)
+                if msg is None:
+                    if self.ep.silent_for() > self.cfg.hub.peer_timeout_s:
+                        LEARNER_UP.set(0)
+                        log.warning("learner silent for %.1fs: reconnecting", self.ep.silent_for())
+                        self.ep.reconnect()
+                        self.queue.clear()
+                        await self.say_hello()
+                    continue
+                LEARNER_UP.set(1)
+                await self.on_message(msg)
+        finally:
+            worker.cancel()
+            self.ep.close()
+
+    async def say_hello(self) -> None:
+        caps = {"engine": self.cfg.actor.engine, "slots": self.cfg.actor.slots, "pid": os.getpid()}
+        await self.ep.send("hello", role="actor", name=self.name, capabilities=caps)
+
+    async def on_message(self, msg: dict) -> None:
+        kind = msg["kind"]
+        if kind == "welcome":
+            if msg["weights"] is not None:
+                self.queue.append({"kind": "weights_published", **msg["weights"]})
+            self.wakeup.set()
+        elif kind in ("work", "weights_published"):
+            self.queue.append(msg)
+            QUEUE.set(len(self.queue))
+            self.wakeup.set()
+        elif kind == "error":
+            ERRORS.labels(msg["code"]).inc()
+            log.warning("learner says %s: %s", msg["code"], msg["message"])
+        # heartbeat and ack need no action: any message proves the learner is alive
+
+    async def work_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                msg = self.queue.popleft()
+                QUEUE.set(len(self.queue))
+                if msg["kind"] == "weights_published":
+                    if any(m["kind"] == "weights_published" for m in self.queue):
+                        continue  # a newer version is already queued
+                    await self.load(loop, msg)
+                elif self.engine is not None:
+                    await self.generate(loop, msg)
+                await self.request_work()
+
+    async def load(self, loop, msg: dict) -> None:
+        t = time.perf_counter()
+        folder = Path(msg["folder"])
+        try:
+            if self.engine is None:
+                a = self.cfg.actor
+                self.engine = await loop.run_in_executor(None, lambda: HFEngine(folder, threads=a.threads, seed=zlib.crc32(self.name.encode())))
+            else:
+                await loop.run_in_executor(None, self.engine.load_weights, folder, msg["manifest_sha256"])
+        except WeightsError as exc:  # fault policy: keep the old weights, tell the learner
+            log.error("refusing weights v%d: %s", msg["version"], exc)
+            await self.ep.send("error", code="bad_weights", message=str(exc)[:1000])
+            return
+        digest, canary = await loop.run_in_executor(None, lambda: (self.engine.digest(), self.engine.canary()))
+        self.digest = digest
+        LOAD_S.set(time.perf_counter() - t)
+        VERSION.set(self.engine.version)
+        await self.ep.send("weights_loaded", version=self.engine.version, digest=digest, canary_logprob=canary)
+
+    async def generate(self, loop, msg: dict) -> None:
+        s = msg["sampling"]
+        texts = [p["text"] for p in msg["prompts"]]
+        t = time.perf_counter()
+        groups = await loop.run_in_executor(None, lambda: self.engine.generate(
+            texts, msg["group_size"], temperature=s["temperature"], top_p=s["top_p"],
+            max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size))
+        seconds = time.perf_counter() - t
+        n_tokens = sum(len(x.token_ids) for g in groups for x in g)
+        ROLLOUTS.inc(sum(len(g) for g in groups))
+        TOKENS.inc(n_tokens)
+        TOK_PER_S.set(n_tokens / max(seconds, 1e-9))
+        for prompt, samples in zip(msg["prompts"], groups):
+            await self.ep.send(
+                "rollout_group", work_id=msg["work_id"], prompt_id=prompt["id"], weights_version=self.engine.version,
+                weights_digest=self.digest, gen_seconds=seconds,
+                samples=[{"token_ids": x.token_ids.astype(np.int32), "logprobs": x.logprobs.astype(np.float32),
+                          "entropy": x.entropy.astype(np.float16), "hidden": None,
+                          "finish_reason": x.finish_reason, "text": x.text} for x in samples])
+
+    async def request_work(self) -> None:
+        pending = sum(1 for m in self.queue if m["kind"] == "work")
+        free = self.cfg.actor.slots - pending
+        if free > 0 and self.engine is not None:
+            await self.ep.send("work_request", slots=free)
+
+
+async def serve(cfg, address: str, name: str, metrics_port: int) -> None:
+    server, _ = start_http_server(metrics_port, addr="127.0.0.1")
+    log.info("actor %s -> %s, metrics on :%d", name, address, server.server_port)
+    actor = Actor(cfg, address, name)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, actor.stopping.set)
+    await actor.run()
+    server.shutdown()
+
+
+def main(cfg, address: str, name: str, metrics_port: int = 0) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    asyncio.run(serve(cfg, address, name, metrics_port))

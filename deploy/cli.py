@@ -1,0 +1,185 @@
+"""The `scca` command (DESIGN §8).
+
+  scca bootstrap [--seed S] [--out DIR]          build + warm-start the tiny default model
+  scca run CONFIG [--out RUN_DIR] [--set k=v]    every service on this machine
+  scca run --resume RUN_DIR                      continue a stopped run from its checkpoint
+  scca learner CONFIG --run-dir DIR [--resume]   the learner service alone
+  scca actor CONFIG --connect tcp://HOST:PORT    one actor
+  scca verifier CONFIG --connect tcp://HOST:PORT one verifier
+  scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL
+  scca doctor                                    what this machine can run
+
+What it does not do: `eval` and `compare` arrive with the SCCA work; no remote launching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from protocol.config import ConfigError, RunConfig, load_config
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+
+
+def parse_sets(items: list[str]) -> dict:
+    """`--set learner.max_steps=5` -> {"learner": {"max_steps": 5}} (values parsed as JSON, else str)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[field] = value
+    return out
+
+
+def ensure_bootstrap(cfg: RunConfig) -> Path:
+    folder = Path(cfg.model.folder or cfg.model.bootstrap_dir)
+    if cfg.model.folder or (folder / "bootstrap.json").exists():
+        return folder
+    print(f"no bootstrap model at {folder}: building it (a few minutes on 2 cores)", file=sys.stderr)
+    cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder)))
+    return folder
+
+
+def cmd_bootstrap(args) -> int:
+    from learner.bootstrap import bootstrap
+    from verifiers.tasks import arith
+
+    out = Path(args.out)
+    if (out / "bootstrap.json").exists():
+        print(f"bootstrap model already at {out}: {(out / 'bootstrap.json').read_text()}")
+        return 0
+    tmp = out.with_name(out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    train = arith.generate(args.seed, 60_000, "train")
+    heldout = arith.generate(args.seed, 500, "heldout")
+    info = bootstrap(tmp, train, heldout, arith.score, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from deploy.launcher import run
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_config(run_dir / "config.json")
+    else:
+        cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
+        run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    ensure_bootstrap(cfg)
+    summary = run(cfg, run_dir, resume=bool(args.resume))
+    print(json.dumps(summary, indent=2))
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_learner(args) -> int:
+    from learner.service import main
+
+    main(load_config(args.config, parse_sets(args.set)), Path(args.run_dir), resume=args.resume)
+    return 0
+
+
+def cmd_actor(args) -> int:
+    from actors.service import main
+
+    main(load_config(args.config, parse_sets(args.set)), args.connect, args.name, args.metrics_port)
+    return 0
+
+
+def cmd_verifier(args) -> int:
+    from verifiers.service import main
+
+    main(load_config(args.config, parse_sets(args.set)), args.connect, args.name, args.metrics_port, args.workers)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from protocol.dataset import write_jsonl
+    from verifiers.scoring import _task
+
+    rows = _task(args.task).generate(args.seed, args.n, args.split)
+    write_jsonl(rows, args.out)
+    print(f"wrote {len(rows)} {args.task} rows to {args.out}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import os
+    import platform
+
+    import torch
+
+    facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+             "cores": os.cpu_count(), "bwrap": shutil.which("bwrap"), "unshare": shutil.which("unshare")}
+    try:
+        import vllm  # noqa: F401
+
+        facts["vllm"] = vllm.__version__
+    except ImportError:
+        facts["vllm"] = None
+    print(json.dumps(facts, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bootstrap", help="build and warm-start the tiny default model")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default=".cache/scca/bootstrap-s0")
+    r = sub.add_parser("run", help="run every service on this machine")
+    r.add_argument("config", nargs="?")
+    r.add_argument("--out")
+    r.add_argument("--resume", metavar="RUN_DIR")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    for name in ("learner", "actor", "verifier"):
+        s = sub.add_parser(name, help=f"run one {name} service")
+        s.add_argument("config")
+        s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+        if name == "learner":
+            s.add_argument("--run-dir", required=True)
+            s.add_argument("--resume", action="store_true")
+        else:
+            s.add_argument("--connect", required=True, help="learner address, e.g. tcp://10.0.0.5:5555")
+            s.add_argument("--name", default=f"{name}-{int(time.time() * 1000) % 100000}")
+            s.add_argument("--metrics-port", type=int, default=0)
+        if name == "verifier":
+            s.add_argument("--workers", type=int, default=1)
+    d = sub.add_parser("data", help="write procedural prompts as JSONL")
+    d.add_argument("task")
+    d.add_argument("--n", type=int, required=True)
+    d.add_argument("--split", default="train", choices=["train", "heldout"])
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", required=True)
+    sub.add_parser("doctor", help="what this machine can run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"bootstrap": cmd_bootstrap, "run": cmd_run, "learner": cmd_learner, "actor": cmd_actor,
+               "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor}[args.cmd]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"scca: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

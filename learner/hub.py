@@ -1,0 +1,371 @@
+"""The hub: the learner's asyncio broker between actors, verifiers and the trainer (DESIGN §1, §3).
+
+What it does:
+* registers peers (`hello` -> `welcome` with the current weights), tracks their credit
+  (`work_request` slots) and liveness (any message is a heartbeat);
+* dispatches one prompt group per `work` message to actors with credit, at most
+  `prompts_per_step * (max_lag + 1)` groups in flight so staleness stays bounded;
+* forwards each `rollout_group` to a verifier as a `verify_job`, acks it, and hands the
+  scored group to the trainer; every transition is written to the ledger first;
+* re-dispatches work whose lease ran out or whose peer went silent, and re-sends verify
+  jobs likewise (ids are idempotent: a late duplicate is ignored);
+* checks each `weights_loaded` (digest + canary) against the learner's and quarantines a
+  mismatching actor (its work is re-dispatched, it gets no more);
+* runs held-out evaluations through the same actors and verifiers (greedy, group 1).
+
+What it does not do: it never computes gradients (the trainer thread does) and never
+reads answers except to pass `meta` on to verifiers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import math
+import random
+import time
+
+import numpy as np
+
+from learner import metrics as M
+from learner.ledger import Ledger
+from protocol.transport import RouterEndpoint
+
+log = logging.getLogger("scca.hub")
+
+CANARY_TOL = 1e-3  # |canary logprob difference| above this quarantines an actor
+EVAL_CHUNK = 50  # held-out prompts per eval work message
+HOUSEKEEPING_S = 0.5  # period of the lease / liveness sweep
+
+
+@dataclasses.dataclass
+class Peer:
+    identity: bytes
+    role: str
+    name: str
+    credit: int = 0
+    last_seen: float = 0.0
+    version: int = -1
+    quarantined: bool = False
+
+
+@dataclasses.dataclass
+class Group:
+    """A generated, then scored, prompt group on its way to the trainer."""
+
+    item_id: str
+    prompt_id: str
+    prompt: str
+    weights_version: int
+    samples: list[dict]
+    rewards: list[float] | None = None
+    details: list[dict] | None = None
+
+
+class Hub:
+    def __init__(self, cfg, ledger: Ledger, train_rows: list[dict], heldout_rows: list[dict], to_trainer, run_id: str):
+        self.cfg = cfg
+        self.ledger = ledger
+        self.rows = {r["id"]: r for r in train_rows}
+        self.order = [r["id"] for r in train_rows]
+        random.Random(cfg.learner.seed).shuffle(self.order)
+        self.heldout = heldout_rows
+        self.to_trainer = to_trainer  # queue.Queue[Group]
+        self.run_id = run_id
+        self.ep = RouterEndpoint(cfg.hub.bind)
+        self.peers: dict[bytes, Peer] = {}
+        self.retry: collections.deque[str] = collections.deque()  # item ids waiting for an actor
+        self.verify_queue: collections.deque[str] = collections.deque()  # item ids waiting for a verifier
+        self.pending: dict[str, Group] = {}  # generated, not yet scored
+        self.cursor = int(ledger.get_meta("cursor", "0"))
+        self.version = 0
+        self.weights: dict | None = None  # current weights_published fields
+        self.expected: dict[int, tuple[str, float]] = {}  # version -> (digest, canary)
+        self.training_open = True
+        self.eval: dict | None = None
+        self.digest_ok = 0
+        self.sync_events: list[dict] = []  # every weights_loaded, checked (written to weights_sync.jsonl)
+        self.digest_bad = 0
+
+    # --- main loop -----------------------------------------------------------------
+    async def serve(self) -> None:
+        housekeeping = asyncio.get_running_loop().create_task(self._housekeeping())
+        try:
+            while True:
+                identity, msg = await self.ep.recv()
+                M.BAD_MESSAGES.set(self.ep.bad_messages)
+                await self.handle(identity, msg)
+        finally:
+            housekeeping.cancel()
+
+    async def handle(self, identity: bytes, msg: dict) -> None:
+        peer = self.peers.get(identity)
+        if peer is not None:
+            peer.last_seen = time.monotonic()
+        kind = msg["kind"]
+        if kind == "hello":
+            await self._on_hello(identity, msg)
+            return
+        if peer is None:
+            await self.ep.send(identity, "error", code="not_registered", message=f"send hello before {kind}")
+            return
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            await self.ep.send(identity, "error", code="unexpected_kind", message=f"the learner does not take {kind!r}")
+            return
+        await handler(peer, msg)
+
+    # --- handlers ------------------------------------------------------------------
+    async def _on_hello(self, identity: bytes, msg: dict) -> None:
+        old = self.peers.pop(identity, None)
+        if old is not None:
+            self._release(old, "reconnect")
+        self.peers[identity] = Peer(identity, msg["role"], msg["name"], last_seen=time.monotonic())
+        log.info("peer %s joined as %s", msg["name"], msg["role"])
+        await self.ep.send(identity, "welcome", run_id=self.run_id, weights=self.weights)
+        self._update_peer_metrics()
+
+    async def _on_heartbeat(self, peer: Peer, msg: dict) -> None:
+        pass
+
+    async def _on_error(self, peer: Peer, msg: dict) -> None:
+        log.warning("peer %s reported error %s: %s", peer.name, msg["code"], msg["message"])
+        M.PEER_ERRORS.inc()
+
+    async def _on_work_request(self, peer: Peer, msg: dict) -> None:
+        peer.credit = msg["slots"]
+        await self.pump()
+
+    async def _on_weights_loaded(self, peer: Peer, msg: dict) -> None:
+        expected = self.expected.get(msg["version"])
+        if expected is None:
+            await self.ep.send(peer.identity, "error", code="unknown_version", message=f"version {msg['version']} was never published")
+            return
+        digest, canary = expected
+        ok = msg["digest"] == digest and abs(msg["canary_logprob"] - canary) <= CANARY_TOL
+        self.sync_events.append({"peer": peer.name, "version": msg["version"], "digest": msg["digest"], "expected_digest": digest,
+                                 "canary": msg["canary_logprob"], "expected_canary": canary, "ok": ok, "time": time.time()})
+        if not ok:
+            self.digest_bad += 1
+            M.DIGEST_MISMATCH.inc()
+            log.error("quarantining %s: v%d digest %s canary %.6f, expected %s %.6f", peer.name, msg["version"],
+                      msg["digest"][:12], msg["canary_logprob"], digest[:12], canary)
+            peer.quarantined = True
+            self._release(peer, "quarantined")
+            await self.ep.send(peer.identity, "error", code="quarantined", message="weights digest or canary mismatch")
+            return
+        self.digest_ok += 1
+        peer.version = msg["version"]
+
+    async def _on_rollout_group(self, peer: Peer, msg: dict) -> None:
+        await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])
+        if peer.quarantined:
+            return
+        if msg["work_id"].startswith("eval-"):
+            self._on_eval_rollout(msg)
+        else:
+            self._on_train_rollout(peer, msg)
+        await self.pump()
+
+    def _on_train_rollout(self, peer: Peer, msg: dict) -> None:
+        item_id = msg["work_id"]
+        expected = self.expected.get(msg["weights_version"])
+        if expected is None or expected[0] != msg["weights_digest"]:
+            M.DIGEST_MISMATCH.inc()
+            return  # unverifiable weights: the lease will re-dispatch this item
+        if not self.ledger.generated(item_id, self.cfg.hub.verify_lease_s):
+            M.DUPLICATES.inc()
+            return
+        row = self.rows[msg["prompt_id"]]
+        self.pending[item_id] = Group(item_id, row["id"], row["prompt"], msg["weights_version"], msg["samples"])
+        self.verify_queue.append(item_id)
+        M.observe_rollout(msg)
+
+    def _on_eval_rollout(self, msg: dict) -> None:
+        ev = self.eval
+        if ev is None or msg["weights_version"] != ev["version"] or msg["prompt_id"] in ev["texts"]:
+            return
+        ev["texts"][msg["prompt_id"]] = msg["samples"][0]["text"]
+        ev["progress"] = time.monotonic()
+        self.verify_queue.append(f"eval-{ev['version']}-{msg['prompt_id']}")
+
+    async def _on_verdicts(self, peer: Peer, msg: dict) -> None:
+        peer.credit += 1
+        job_id = msg["job_id"]
+        if job_id.startswith("eval-"):
+            ev = self.eval
+            pid = job_id.split("-", 2)[2]
+            if ev is not None and job_id.startswith(f"eval-{ev['version']}-") and pid not in ev["rewards"]:
+                ev["rewards"][pid] = msg["rewards"][0]
+                ev["progress"] = time.monotonic()
+                if len(ev["rewards"]) == len(self.heldout):
+                    ev["done"].set()
+        else:
+            group = self.pending.get(job_id)
+            if group is not None and self.ledger.scored(job_id):
+                del self.pending[job_id]
+                group.rewards, group.details = msg["rewards"], msg["details"]
+                M.observe_verdicts(msg)
+                self.to_trainer.put(group)
+            else:
+                M.DUPLICATES.inc()
+        await self.pump()
+
+    # --- dispatch ------------------------------------------------------------------
+    def _window_open(self) -> bool:
+        window = self.cfg.learner.prompts_per_step * (self.cfg.loss.max_lag + 1)
+        return self.training_open and self.ledger.counts()["in_flight"] < window
+
+    def _next_item(self) -> tuple[str, str]:
+        if self.retry:
+            item_id = self.retry.popleft()
+            return item_id, item_id.rsplit("@", 1)[0]
+        prompt_id = self.order[self.cursor % len(self.order)]
+        item_id = f"{prompt_id}@{self.cursor}"
+        self.cursor += 1
+        self.ledger.set_meta("cursor", str(self.cursor))
+        return item_id, prompt_id
+
+    def _actors(self) -> list[Peer]:
+        ready = [p for p in self.peers.values() if p.role == "actor" and not p.quarantined and p.credit > 0 and p.version >= 0]
+        return sorted(ready, key=lambda p: -p.credit)
+
+    async def pump(self) -> None:
+        """Send whatever can be sent: eval chunks, training work, verify jobs."""
+        a = self.cfg.actor
+        sampling = {"temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens}
+        while self.eval is not None and self.eval["chunks"] and self._actors():
+            peer = self._actors()[0]
+            chunk = self.eval["chunks"].popleft()
+            greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": a.max_new_tokens}
+            prompts = [{"id": r["id"], "text": r["prompt"]} for r in chunk]
+            await self.ep.send(peer.identity, "work", work_id=f"eval-{self.eval['version']}-{chunk[0]['id']}",
+                               policy_version=self.version, prompts=prompts, group_size=1, sampling=greedy, eval=True)
+            peer.credit -= 1
+        while self._window_open() and self._actors():
+            peer = self._actors()[0]
+            item_id, prompt_id = self._next_item()
+            if self.ledger.state(item_id) is None:
+                self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version)
+            else:
+                self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
+            row = self.rows[prompt_id]
+            await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
+                               prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=a.group_size,
+                               sampling=sampling, eval=False)
+            peer.credit -= 1
+        await self._pump_verifiers()
+        M.update_ledger(self.ledger.counts())
+
+    async def _pump_verifiers(self) -> None:
+        while self.verify_queue:
+            verifiers = [p for p in self.peers.values() if p.role == "verifier" and p.credit > 0]
+            if not verifiers:
+                return
+            peer = max(verifiers, key=lambda p: p.credit)
+            job_id = self.verify_queue.popleft()
+            if job_id.startswith("eval-"):
+                pid = job_id.split("-", 2)[2]
+                row = self.eval["rows"].get(pid) if self.eval else None
+                if row is None or pid in self.eval["rewards"]:
+                    continue
+                completions = [self.eval["texts"][pid]]
+            else:
+                group = self.pending.get(job_id)
+                if group is None:
+                    continue
+                row = self.rows[group.prompt_id]
+                completions = [s["text"] for s in group.samples]
+                self.ledger.assign_verifier(job_id, peer.name, self.cfg.hub.verify_lease_s)
+            await self.ep.send(peer.identity, "verify_job", job_id=job_id, task=self.cfg.task.name,
+                               prompt=row["prompt"], meta=row["meta"], completions=completions)
+            peer.credit -= 1
+
+    # --- leases and liveness -------------------------------------------------------
+    def _release(self, peer: Peer, reason: str) -> None:
+        """Put everything a gone or quarantined peer held back into the queues."""
+        for item_id, prompt_id, state in self.ledger.held_by(peer.name):
+            self._requeue(item_id, state)
+        if self.eval is not None and peer.role == "actor":
+            self.eval["chunks"].extend(self._missing_eval_chunks())
+        log.info("released %s (%s)", peer.name, reason)
+
+    def _requeue(self, item_id: str, state: str) -> None:
+        if state == "dispatched":
+            if item_id not in self.retry:
+                self.retry.append(item_id)
+            self.ledger.park(item_id)
+        elif item_id in self.pending and item_id not in self.verify_queue:
+            self.verify_queue.append(item_id)
+        M.REDISPATCHED.inc()
+
+    def _missing_eval_chunks(self) -> list[list[dict]]:
+        missing = [r for r in self.heldout if r["id"] not in self.eval["texts"]]
+        return [missing[i:i + EVAL_CHUNK] for i in range(0, len(missing), EVAL_CHUNK)]
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            now = time.monotonic()
+            for peer in list(self.peers.values()):
+                if now - peer.last_seen > self.cfg.hub.peer_timeout_s:
+                    log.warning("peer %s silent for %.1fs: dropping it", peer.name, now - peer.last_seen)
+                    del self.peers[peer.identity]
+                    self._release(peer, "silent")
+                elif now - self.ep.last_sent.get(peer.identity, 0.0) > self.cfg.hub.heartbeat_s:
+                    await self.ep.send(peer.identity, "heartbeat")
+            for item_id, _, state in self.ledger.expired():
+                self._requeue(item_id, state)
+            self._retry_stuck_eval()
+            self._update_peer_metrics()
+            await self.pump()
+
+    def _retry_stuck_eval(self) -> None:
+        """An evaluation that made no progress for a lease re-sends what is missing."""
+        ev = self.eval
+        if ev is None or time.monotonic() - ev["progress"] < self.cfg.hub.verify_lease_s:
+            return
+        ev["progress"] = time.monotonic()
+        ev["chunks"].extend(self._missing_eval_chunks())
+        for pid in ev["texts"]:
+            if pid not in ev["rewards"]:
+                self.verify_queue.append(f"eval-{ev['version']}-{pid}")
+
+    def _update_peer_metrics(self) -> None:
+        for role in ("actor", "verifier"):
+            M.PEERS.labels(role).set(sum(1 for p in self.peers.values() if p.role == role and not p.quarantined))
+
+    # --- called by the trainer (through the event loop) ----------------------------
+    async def publish(self, info: dict, canary: float) -> None:
+        """Announce a new weights version to every actor."""
+        self.version = info["version"]
+        self.expected[info["version"]] = (info["digest"], canary)
+        self.weights = {"version": info["version"], "folder": info["folder"], "manifest_sha256": info["manifest_sha256"]}
+        for peer in self.peers.values():
+            if peer.role == "actor" and not peer.quarantined:
+                await self.ep.send(peer.identity, "weights_published", **self.weights)
+        await self.pump()
+
+    def mark_trained(self, item_ids: list[str], dropped: list[tuple[str, str]], version: int) -> None:
+        self.ledger.trained(item_ids, version)
+        for item_id, reason in dropped:
+            self.ledger.drop(item_id, reason)
+        M.update_ledger(self.ledger.counts())
+
+    def stop_training(self) -> None:
+        self.training_open = False
+
+    async def evaluate(self, timeout_s: float = 1800.0) -> float:
+        """Greedy held-out accuracy of the current version, through actors and verifiers."""
+        rows = self.heldout
+        self.eval = {"version": self.version, "rows": {r["id"]: r for r in rows}, "texts": {}, "rewards": {},
+                     "done": asyncio.Event(), "chunks": collections.deque(), "progress": time.monotonic()}
+        self.eval["chunks"].extend(self._missing_eval_chunks())
+        await self.pump()
+        await asyncio.wait_for(self.eval["done"].wait(), timeout_s)
+        acc = float(np.mean(list(self.eval["rewards"].values())))
+        self.eval = None
+        M.HELDOUT.set(acc)
+        return acc if math.isfinite(acc) else 0.0

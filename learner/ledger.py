@@ -1,0 +1,168 @@
+"""The ledger: every dispatched prompt group is a row in SQLite (WAL) (DESIGN §3).
+
+What it does: a row moves `dispatched -> generated -> scored -> trained`, or to
+`dropped` with a reason. Leases: a dispatched or generated row carries a deadline; rows
+past it are returned by `expired()` so the hub re-dispatches them (same item id, attempt
++1). Transitions are idempotent: a late duplicate result for a row that has moved on is
+reported as such and ignored. `counts()` gives the invariant
+`dispatched == trained + dropped + in_flight` (in_flight = dispatched|generated|scored).
+A `meta` table keeps small run facts (the prompt cursor, the weights version).
+
+What it does not do: it stores no rollout payloads (a restart re-dispatches in-flight
+rows instead), and it is used from one thread only (the hub's event loop).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+IN_FLIGHT = ("dispatched", "generated", "scored")
+STATES = IN_FLIGHT + ("trained", "dropped")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    prompt_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    peer TEXT,
+    deadline REAL,
+    version INTEGER,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_state ON items(state);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class LedgerError(RuntimeError):
+    """A transition the ledger does not allow (e.g. an unknown item)."""
+
+
+class Ledger:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit; explicit txns
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    # --- transitions -------------------------------------------------------------
+    def dispatch(self, item_id: str, prompt_id: str, peer: str, lease_s: float, version: int) -> None:
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO items(item_id, prompt_id, state, peer, deadline, version, updated) "
+            "VALUES (?, ?, 'dispatched', ?, ?, ?, ?)",
+            (item_id, prompt_id, peer, now + lease_s, version, now),
+        )
+
+    def redispatch(self, item_id: str, peer: str, lease_s: float, version: int) -> None:
+        """Hand an in-flight row to a (new) peer under a fresh lease."""
+        now = time.time()
+        cur = self.db.execute(
+            "UPDATE items SET state='dispatched', peer=?, deadline=?, version=?, attempts=attempts+1, updated=? "
+            "WHERE item_id=? AND state IN ('dispatched','generated','scored')",
+            (peer, now + lease_s, version, now, item_id),
+        )
+        if cur.rowcount != 1:
+            raise LedgerError(f"cannot re-dispatch {item_id!r}: not in flight")
+
+    def _move(self, item_id: str, src: tuple[str, ...], dst: str, *, reason=None, peer=None, deadline=None) -> bool:
+        marks = ",".join("?" * len(src))
+        cur = self.db.execute(
+            f"UPDATE items SET state=?, reason=?, peer=COALESCE(?, peer), deadline=?, updated=? "
+            f"WHERE item_id=? AND state IN ({marks})",
+            (dst, reason, peer, deadline, time.time(), item_id, *src),
+        )
+        return cur.rowcount == 1
+
+    def generated(self, item_id: str, lease_s: float) -> bool:
+        """The rollout arrived (first copy). False = duplicate or unknown: ignore it."""
+        return self._move(item_id, ("dispatched",), "generated", peer="", deadline=time.time() + lease_s)
+
+    def assign_verifier(self, item_id: str, verifier: str, lease_s: float) -> bool:
+        return self._move(item_id, ("generated",), "generated", peer=verifier, deadline=time.time() + lease_s)
+
+    def park(self, item_id: str) -> bool:
+        """A dispatched row whose actor is gone waits, lease-free, for the next actor."""
+        return self._move(item_id, ("dispatched",), "dispatched", peer="", deadline=None)
+
+    def rewind(self, after_version: int) -> int:
+        """Rows trained into versions after a checkpoint were lost with it: train them again."""
+        cur = self.db.execute(
+            "UPDATE items SET state='dispatched', peer='', deadline=NULL, updated=? WHERE state='trained' AND version>?",
+            (time.time(), after_version),
+        )
+        return cur.rowcount
+
+    def resume(self) -> list[str]:
+        """After a restart nothing is really in flight: park every in-flight row for re-dispatch."""
+        self.db.execute("UPDATE items SET state='dispatched', peer='', deadline=NULL WHERE state IN ('dispatched','generated','scored')")
+        return [r[0] for r in self.db.execute("SELECT item_id FROM items WHERE state='dispatched' ORDER BY updated")]
+
+    def scored(self, item_id: str) -> bool:
+        return self._move(item_id, ("generated",), "scored")
+
+    def trained(self, item_ids: list[str], version: int) -> None:
+        """Rows consumed by the optimiser step that produced weights `version`."""
+        self.db.execute("BEGIN")
+        for item_id in item_ids:
+            cur = self.db.execute(
+                "UPDATE items SET state='trained', version=?, deadline=NULL, updated=? WHERE item_id=? AND state='scored'",
+                (version, time.time(), item_id),
+            )
+            if cur.rowcount != 1:
+                self.db.execute("ROLLBACK")
+                raise LedgerError(f"cannot mark {item_id!r} trained: not scored")
+        self.db.execute("COMMIT")
+
+    def drop(self, item_id: str, reason: str) -> bool:
+        return self._move(item_id, IN_FLIGHT, "dropped", reason=reason)
+
+    # --- queries -----------------------------------------------------------------
+    def state(self, item_id: str) -> str | None:
+        row = self.db.execute("SELECT state FROM items WHERE item_id=?", (item_id,)).fetchone()
+        return row[0] if row else None
+
+    def expired(self, now: float | None = None) -> list[tuple[str, str, str]]:
+        """(item_id, prompt_id, state) of dispatched/generated rows whose lease ran out."""
+        now = time.time() if now is None else now
+        return self.db.execute(
+            "SELECT item_id, prompt_id, state FROM items WHERE state IN ('dispatched','generated') AND deadline < ?",
+            (now,),
+        ).fetchall()
+
+    def held_by(self, peer: str) -> list[tuple[str, str, str]]:
+        return self.db.execute(
+            "SELECT item_id, prompt_id, state FROM items WHERE state IN ('dispatched','generated') AND peer=?",
+            (peer,),
+        ).fetchall()
+
+    def in_flight(self) -> list[tuple[str, str, str]]:
+        return self.db.execute(
+            "SELECT item_id, prompt_id, state FROM items WHERE state IN ('dispatched','generated','scored')"
+        ).fetchall()
+
+    def counts(self) -> dict[str, int]:
+        by_state = dict(self.db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        c = {s: int(by_state.get(s, 0)) for s in STATES}
+        in_flight = sum(c[s] for s in IN_FLIGHT)
+        total = int(self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        return {"dispatched": total, "trained": c["trained"], "dropped": c["dropped"], "in_flight": in_flight, **{f"state_{s}": c[s] for s in IN_FLIGHT}}
+
+    def dropped_reasons(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT reason, COUNT(*) FROM items WHERE state='dropped' GROUP BY reason").fetchall())
+
+    # --- meta --------------------------------------------------------------------
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def close(self) -> None:
+        self.db.close()

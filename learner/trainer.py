@@ -1,0 +1,219 @@
+"""The trainer thread: scored groups -> credit -> off-policy GRPO loss -> AdamW step -> weights (DESIGN §5).
+
+What it does, once per step, each phase a named, timed call:
+  collect (prompts_per_step scored groups from the hub) -> drop_stale (lag > max_lag)
+  -> forward_backward (advantages, credit weights, token-mean loss over micro-batches)
+  -> optimizer step -> publish (safetensors snapshot, digest + canary to the hub)
+  -> evaluate (every `eval_every` versions, through the actors) -> checkpoint -> log.
+One optimiser step per batch, so π_prox (the policy at the start of the update) equals
+π_θ before the step: `logp_prox = logp.detach()` is that same forward pass, not a second.
+
+What it does not do: it never touches sockets (it calls the hub through the event loop),
+never sees peers, and does not run several PPO epochs per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner import metrics as M
+from learner.checkpoint import save_checkpoint
+from learner.credit import REGISTRY, CreditBatch, token_advantages
+from learner.logprobs import build_batch, pad_right, token_logprobs
+from learner.loss import group_advantages, lag_ok, policy_loss
+from protocol.weights import canary_logprob, publish_snapshot
+
+log = logging.getLogger("scca.trainer")
+
+COLLECT_POLL_S = 0.2  # how often a waiting collect checks for a stop request
+
+
+class Stopped(Exception):
+    """The run was asked to stop while the trainer waited."""
+
+
+class Trainer(threading.Thread):
+    def __init__(self, cfg, model, tokenizer, optimizer, hub, loop, run_dir: Path, inbox: queue.Queue, state: dict):
+        super().__init__(name="trainer", daemon=True)
+        self.cfg, self.model, self.tok, self.opt = cfg, model, tokenizer, optimizer
+        self.hub, self.loop, self.run_dir, self.inbox = hub, loop, Path(run_dir), inbox
+        self.state = state  # step, version, samples_trained, heldout_before, wall_before
+        self.stop_event = threading.Event()
+        self.done = asyncio.Event()
+        self.error: BaseException | None = None
+        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+
+    # --- thread body -------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self.train()
+        except Stopped:
+            log.info("trainer stopped at step %d", self.state["step"])
+        except BaseException as exc:  # surfaced to the service, which exits non-zero
+            log.exception("trainer failed")
+            self.error = exc
+        finally:
+            self.metrics_file.close()
+            self.loop.call_soon_threadsafe(self.done.set)
+
+    def call_hub(self, coro):
+        """Run a coroutine on the hub's loop and wait for it (a stop request interrupts the wait)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        while True:
+            try:
+                return fut.result(timeout=COLLECT_POLL_S)
+            except concurrent.futures.TimeoutError:
+                if self.stop_event.is_set():
+                    fut.cancel()
+                    raise Stopped from None
+
+    def train(self) -> None:
+        t_start = time.perf_counter()
+        if self.state.get("heldout_before") is None:
+            self.state["heldout_before"] = self.evaluate()
+            self.log_row({"step": 0, "version": self.state["version"], "heldout_accuracy": self.state["heldout_before"]})
+        while not self.budget_spent():
+            self.step(t_start)
+        self.loop.call_soon_threadsafe(self.hub.stop_training)
+        if self.state.get("last_eval_version") == self.state["version"]:
+            self.state["heldout_after"] = self.state["last_eval"]
+        else:
+            self.state["heldout_after"] = self.evaluate()
+            self.log_row({"step": self.state["step"], "version": self.state["version"],
+                          "heldout_accuracy": self.state["heldout_after"]})
+        self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.perf_counter() - t_start
+        save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
+        self.model.save_pretrained(self.run_dir / "final_model")
+        self.tok.save_pretrained(self.run_dir / "final_model")
+
+    def budget_spent(self) -> bool:
+        lc = self.cfg.learner
+        if self.stop_event.is_set():
+            raise Stopped
+        if lc.max_samples and self.state["samples_trained"] >= lc.max_samples:
+            return True
+        return self.state["step"] >= lc.max_steps
+
+    # --- one step ----------------------------------------------------------------
+    def step(self, t_start: float) -> None:
+        times = {}
+        t = time.perf_counter()
+        groups = self.collect(self.cfg.learner.prompts_per_step)
+        times["collect"] = time.perf_counter() - t
+        fresh, stale = self.drop_stale(groups)
+        if not fresh:
+            self.call_hub(self._mark([], stale))
+            return
+        t = time.perf_counter()
+        stats = self.forward_backward(fresh)
+        times["forward_backward"] = time.perf_counter() - t
+        self.state["step"] += 1
+        self.state["version"] += 1
+        self.state["samples_trained"] += sum(len(g.samples) for g in fresh)
+        t = time.perf_counter()
+        self.publish()
+        times["publish"] = time.perf_counter() - t
+        self.call_hub(self._mark([g.item_id for g in fresh], stale))
+        row = {
+            "step": self.state["step"], "version": self.state["version"],
+            "samples_trained": self.state["samples_trained"], "groups": len(fresh), "dropped_stale": len(stale),
+            "reward_mean": float(np.mean([r for g in fresh for r in g.rewards])),
+            "lags": [self.state["version"] - 1 - g.weights_version for g in fresh],
+            "wall": self.state.get("wall_before", 0.0) + time.perf_counter() - t_start,
+            **stats, **{f"time_{k}": v for k, v in times.items()},
+        }
+        row["samples_per_s"] = self.state["samples_trained"] / max(row["wall"], 1e-9)
+        M.observe_step(row)
+        if self.cfg.learner.eval_every and self.state["step"] % self.cfg.learner.eval_every == 0:
+            row["heldout_accuracy"] = self.evaluate()
+        if self.state["step"] % self.cfg.learner.checkpoint_every == 0:
+            save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
+        self.log_row(row)
+
+    async def _mark(self, item_ids: list[str], stale: list[tuple[str, str]]) -> None:
+        self.hub.mark_trained(item_ids, stale, self.state["version"])
+
+    def collect(self, n: int) -> list:
+        groups = []
+        while len(groups) < n:
+            if self.stop_event.is_set():
+                raise Stopped
+            try:
+                groups.append(self.inbox.get(timeout=COLLECT_POLL_S))
+            except queue.Empty:
+                continue
+        return groups
+
+    def drop_stale(self, groups: list) -> tuple[list, list[tuple[str, str]]]:
+        fresh, stale = [], []
+        for g in groups:
+            if lag_ok(self.state["version"], g.weights_version, self.cfg.loss.max_lag):
+                fresh.append(g)
+            else:
+                stale.append((g.item_id, "stale"))
+        return fresh, stale
+
+    def forward_backward(self, groups: list) -> dict:
+        """Advantages -> credit weights -> token-mean loss -> one clipped AdamW step."""
+        lc, loss_cfg = self.cfg.learner, self.cfg.loss
+        prompt_ids, completions, behav, adv = [], [], [], []
+        for g in groups:
+            ids = self.tok(g.prompt)["input_ids"]
+            a = group_advantages(torch.tensor(g.rewards, dtype=torch.float32), std_normalize=loss_cfg.std_normalize)
+            for s, a_i in zip(g.samples, a.tolist()):
+                prompt_ids.append(ids)
+                completions.append(s["token_ids"].tolist())
+                behav.append(s["logprobs"])
+                adv.append(a_i)
+        total_tokens = sum(len(c) for c in completions)
+        credit = REGISTRY[self.cfg.credit.method]
+        self.model.train()
+        sums: dict[str, float] = {}
+        loss_total = 0.0
+        for lo in range(0, len(completions), lc.micro_batch):
+            hi = lo + lc.micro_batch
+            batch = build_batch(prompt_ids[lo:hi], completions[lo:hi], self.tok.pad_token_id)
+            logp, mask, _ = token_logprobs(self.model, batch)  # [b,T], [b,T]
+            T = logp.shape[1]
+            logp_behav = pad_right(behav[lo:hi], T, 0.0)  # [b,T]
+            adv_seq = torch.tensor(adv[lo:hi], dtype=torch.float32)  # [b]
+            w = credit(CreditBatch(token_ids=pad_right(completions[lo:hi], T, 0).long(), mask=mask,
+                                   adv=adv_seq, group_index=torch.zeros(len(adv_seq), dtype=torch.long)))
+            loss, stats = policy_loss(logp, logp.detach(), logp_behav, token_advantages(adv_seq, w), mask,
+                                      eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high,
+                                      dual_clip=loss_cfg.dual_clip, is_cap=loss_cfg.is_cap)
+            share = float(mask.sum()) / total_tokens
+            (loss * share).backward()
+            loss_total += float(loss.detach()) * share
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v * share
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.model.eval()
+        return {**sums, "loss": loss_total, "grad_norm": float(grad_norm), "tokens": total_tokens}
+
+    def publish(self) -> None:
+        info = publish_snapshot(self.run_dir / "weights", self.state["version"], self.model, self.tok,
+                                keep=self.cfg.learner.keep_snapshots)
+        canary = canary_logprob(self.model, self.tok)
+        self.call_hub(self.hub.publish(info, canary))
+
+    def evaluate(self) -> float:
+        acc = self.call_hub(self.hub.evaluate())
+        self.state["last_eval"], self.state["last_eval_version"] = acc, self.state["version"]
+        log.info("held-out accuracy at v%d: %.3f", self.state["version"], acc)
+        return acc
+
+    def log_row(self, row: dict) -> None:
+        self.metrics_file.write(json.dumps(row) + "\n")

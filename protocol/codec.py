@@ -1,0 +1,182 @@
+"""msgpack wire codec for scca: bytes <-> plain Python objects with numpy arrays.
+
+What it does:
+  * `pack(obj)` turns dicts / lists / str / bytes / numbers / None / numpy arrays into
+    msgpack bytes. numpy arrays travel as msgpack ext type `ARRAY_EXT` whose payload is
+    the msgpack of `[dtype_str, shape_list, raw little-endian bytes]`; numpy scalars go
+    out as plain Python numbers and tuples as lists.
+  * `unpack(data)` is the inverse. It is hardened against hostile input: the total size
+    is checked *before* unpacking, msgpack's own length limits bound every container, and
+    arrays are checked for dtype (`ALLOWED_DTYPES`), shape (non-negative ints, ndim <=
+    `MAX_ARRAY_NDIM`), per-array size (`MAX_ARRAY_BYTES`) and byte length
+    (== prod(shape) * itemsize). Decoded arrays are writable, native byte order.
+  * Every decoding failure raises exactly one exception type, `ProtocolError`, with a
+    short machine-readable `code`.
+
+What it does NOT do:
+  * No message-level validation (kinds, fields): that is `protocol.messages`.
+  * No pickle, no arbitrary object types, no ext types other than `ARRAY_EXT`
+    (msgpack's built-in timestamp ext, -1, is rejected as well).
+"""
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+
+ARRAY_EXT = 1
+ALLOWED_DTYPES = frozenset({"bool", "uint8", "int32", "int64", "float16", "float32"})
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # whole encoded message, checked before unpacking
+MAX_ARRAY_BYTES = 16 * 1024 * 1024  # raw payload of one array
+MAX_ARRAY_NDIM = 4
+MAX_CONTAINER_LEN = 1 << 20  # elements in one msgpack array / map
+_LE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ALLOWED_DTYPES}
+_NATIVE_DTYPES = {name: np.dtype(name).newbyteorder("=") for name in ALLOWED_DTYPES}
+
+# Exceptions msgpack raises on malformed input (FormatError, StackError, ExtraData and
+# "incomplete input" are ValueError subclasses; UnicodeDecodeError is a ValueError too).
+_MSGPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+
+
+class ProtocolError(Exception):
+    """The single error raised for anything wrong on the wire.
+
+    `code` is a short token ("too_large", "not_msgpack", "bad_kind", "bad_field",
+    "bad_array", "bad_proto", "bad_type"); the message names the problem.
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+def describe(v: object, limit: int = 60) -> str:
+    """Short `type: repr` for error messages (never dumps a huge value)."""
+    if isinstance(v, np.ndarray):
+        return f"ndarray(dtype={v.dtype.name}, shape={list(v.shape)})"
+    r = repr(v)
+    if len(r) > limit:
+        r = r[:limit] + "..."
+    return f"{type(v).__name__} {r}"
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def _encode_array(arr: np.ndarray) -> msgpack.ExtType:
+    name = arr.dtype.name
+    if name not in ALLOWED_DTYPES:
+        raise ProtocolError("bad_array", f"array dtype {name!r} not in {sorted(ALLOWED_DTYPES)}")
+    if arr.ndim > MAX_ARRAY_NDIM:
+        raise ProtocolError("bad_array", f"array ndim {arr.ndim} > {MAX_ARRAY_NDIM}")
+    if arr.nbytes > MAX_ARRAY_BYTES:
+        raise ProtocolError("bad_array", f"array of {arr.nbytes} bytes > MAX_ARRAY_BYTES={MAX_ARRAY_BYTES}")
+    le = np.ascontiguousarray(arr, dtype=_LE_DTYPES[name])
+    raw = memoryview(le.reshape(-1).view(np.uint8))  # zero-copy view of the raw bytes
+    payload = msgpack.packb([name, list(arr.shape), raw], use_bin_type=True)
+    return msgpack.ExtType(ARRAY_EXT, payload)
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, np.ndarray):
+        return _encode_array(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()  # np.float32 -> float, np.int64 -> int, np.bool_ -> bool
+    raise ProtocolError("bad_type", f"cannot encode {describe(obj)}")
+
+
+def pack(obj: object) -> bytes:
+    """Encode `obj` to msgpack bytes (arrays as ext `ARRAY_EXT`)."""
+    try:
+        return msgpack.packb(obj, default=_default, use_bin_type=True)
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ProtocolError("bad_type", f"cannot encode: {e}") from e
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def _reject_ext(code: int, data: bytes) -> object:
+    raise ProtocolError("bad_array", f"nested ext type {code} inside an array payload")
+
+
+def _decode_array(data: bytes) -> np.ndarray:
+    try:
+        head = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_reject_ext,
+            max_bin_len=MAX_MESSAGE_BYTES, max_str_len=32, max_array_len=16,  # size: below
+            max_map_len=0, max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except _MSGPACK_ERRORS as e:
+        raise ProtocolError("bad_array", f"array payload is not valid msgpack: {e}") from e
+    if not (isinstance(head, list) and len(head) == 3):
+        raise ProtocolError("bad_array", f"array payload: expected [dtype, shape, bytes], got {describe(head)}")
+    name, shape, raw = head
+    if not isinstance(name, str) or name not in ALLOWED_DTYPES:
+        raise ProtocolError("bad_array",
+                            f"array dtype: expected one of {sorted(ALLOWED_DTYPES)}, got {describe(name)}")
+    if not isinstance(shape, list) or len(shape) > MAX_ARRAY_NDIM:
+        raise ProtocolError("bad_array",
+                            f"array shape: expected list of <= {MAX_ARRAY_NDIM} ints, got {describe(shape)}")
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise ProtocolError("bad_array", f"array shape: dimensions must be ints >= 0, got {shape!r}")
+    if not isinstance(raw, bytes):
+        raise ProtocolError("bad_array", f"array data: expected bytes, got {describe(raw)}")
+    dt = _LE_DTYPES[name]
+    want = math.prod(shape) * dt.itemsize  # Python ints: no overflow
+    if want > MAX_ARRAY_BYTES:
+        raise ProtocolError("bad_array", f"array {name}{shape} needs {want} bytes > MAX_ARRAY_BYTES={MAX_ARRAY_BYTES}")
+    if len(raw) != want:
+        raise ProtocolError("bad_array", f"array {name}{shape}: expected {want} data bytes, got {len(raw)}")
+    if name == "bool" and want and int(np.frombuffer(raw, dtype=np.uint8).max()) > 1:
+        raise ProtocolError("bad_array", "array bool: bytes must be 0 or 1")
+    # astype copies: the result is writable and in native byte order.
+    return np.frombuffer(raw, dtype=dt).reshape(shape).astype(_NATIVE_DTYPES[name], copy=True)
+
+
+def _ext_hook(code: int, data: bytes) -> object:
+    if code != ARRAY_EXT:
+        raise ProtocolError("not_msgpack", f"unknown msgpack ext type {code}")
+    return _decode_array(data)
+
+
+def _reject_foreign(obj: object) -> None:
+    """Walk containers (iteratively) and reject msgpack.Timestamp (ext -1), which
+    msgpack decodes itself without consulting `ext_hook`."""
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, msgpack.Timestamp):
+            raise ProtocolError("not_msgpack", "unknown msgpack ext type -1 (timestamp)")
+
+
+def unpack(data: bytes | bytearray | memoryview) -> object:
+    """Decode msgpack bytes to Python objects. Any failure raises `ProtocolError`."""
+    try:
+        size = memoryview(data).nbytes
+    except TypeError as e:
+        raise ProtocolError("not_msgpack", f"expected bytes, got {type(data).__name__}") from e
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message of {size} bytes > MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
+    try:
+        obj = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_ext_hook,
+            max_bin_len=MAX_MESSAGE_BYTES, max_str_len=MAX_MESSAGE_BYTES,
+            max_array_len=MAX_CONTAINER_LEN, max_map_len=MAX_CONTAINER_LEN,
+            max_ext_len=MAX_MESSAGE_BYTES,  # per-array limit is enforced in _decode_array
+        )
+    except ProtocolError:
+        raise
+    except _MSGPACK_ERRORS as e:
+        raise ProtocolError("not_msgpack", f"cannot unpack: {type(e).__name__}: {e}") from e
+    _reject_foreign(obj)
+    return obj

@@ -1,0 +1,158 @@
+"""Run configuration: one TOML file, validated into typed pydantic models (DESIGN §8).
+
+What it does: every section `[model] [task] [learner] [loss] [credit] [actor] [verifier]
+[hub]` is a model with `extra="forbid"`, so an unknown or misspelt key is an error that
+names it; every field has a description and bounds. `load_config(path)` reads TOML with
+stdlib `tomllib`; `RunConfig.resolved_json()` is what gets written into the run folder.
+
+What it does not do: it does not touch the file system beyond reading the TOML, start
+anything, or fill in paths that depend on the run folder (the launcher does that).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """Which policy model to start from."""
+
+    folder: str = Field(
+        "",
+        description="Hugging Face model folder to start from; empty = the bootstrap model "
+        "(built by `scca bootstrap` into `bootstrap_dir`).",
+    )
+    bootstrap_dir: str = Field(".cache/scca/bootstrap-s0", description="Where `scca bootstrap` caches the tiny model.")
+    bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap model.")
+
+
+class TaskConfig(_Section):
+    """What the policy is trained on."""
+
+    name: Literal["arith", "countdown", "math", "code"] = Field("arith", description="Task / scorer name.")
+    train_file: str = Field("", description="JSONL of training prompts; empty = generated procedurally into the run folder.")
+    heldout_file: str = Field("", description="JSONL of held-out prompts; empty = generated procedurally.")
+    train_size: int = Field(50_000, ge=1, le=10_000_000, description="Procedural training prompts generated.")
+    heldout_size: int = Field(500, ge=1, le=100_000, description="Held-out prompts for greedy evaluation.")
+    seed: int = Field(0, ge=0, description="Seed of the procedural generator (fixes the held-out split).")
+
+
+class LearnerConfig(_Section):
+    """The trainer: optimisation, budget, snapshots and checkpoints."""
+
+    lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate (DESIGN §6 calibration: 1e-4).")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    prompts_per_step: int = Field(16, ge=1, le=4096, description="Prompt groups per optimiser step.")
+    max_steps: int = Field(100, ge=0, le=1_000_000, description="Budget in optimiser steps.")
+    max_samples: int = Field(0, ge=0, description="Budget in trained samples; 0 = only max_steps counts.")
+    micro_batch: int = Field(64, ge=1, le=4096, description="Samples per forward/backward micro-batch.")
+    threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
+    eval_every: int = Field(25, ge=0, description="Held-out greedy evaluation every N steps (0 = only before and after).")
+    keep_snapshots: int = Field(3, ge=1, le=1000, description="Weight snapshots kept on disk.")
+    checkpoint_every: int = Field(25, ge=1, description="Checkpoint (model + optimizer + ledger position) every N steps.")
+    seed: int = Field(0, ge=0, description="Seed of the learner (data order, init of the optimizer).")
+
+
+class LossConfig(_Section):
+    """Off-policy-corrected GRPO (DESIGN §5)."""
+
+    std_normalize: bool = Field(True, description="GRPO advantage divides by the group std (False = Dr. GRPO).")
+    eps_low: float = Field(0.2, gt=0, lt=1, description="Lower PPO clip ε_low.")
+    eps_high: float = Field(0.28, gt=0, le=10, description="Upper PPO clip ε_high (clip-higher).")
+    dual_clip: float = Field(3.0, gt=1, description="Dual-clip constant c for negative advantages.")
+    is_cap: float = Field(2.0, ge=1, description="Truncation C of the importance weight π_prox/μ.")
+    max_lag: int = Field(1, ge=0, le=1000, description="Groups older than this many versions are dropped (0 = on-policy).")
+
+
+class CreditConfig(_Section):
+    """Token credit (DESIGN §6). Only `uniform` (plain GRPO) until SCCA lands."""
+
+    method: Literal["uniform"] = Field("uniform", description="Credit variant (see learner/credit.py).")
+
+
+class ActorConfig(_Section):
+    """Generation actors."""
+
+    count: int = Field(2, ge=0, le=64, description="Actors `scca run` starts on this machine.")
+    engine: Literal["hf"] = Field("hf", description="Generation engine.")
+    group_size: int = Field(8, ge=2, le=256, description="Samples per prompt (GRPO group).")
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature for training rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling; 1.0 keeps the behaviour logprobs exact.")
+    max_new_tokens: int = Field(48, ge=1, le=8192, description="Completion length cap.")
+    slots: int = Field(4, ge=1, le=1024, description="Prompt groups an actor asks for at once (credit).")
+    threads: int = Field(1, ge=1, le=256, description="torch threads per actor process.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Rows per generate() call.")
+
+
+class VerifierConfig(_Section):
+    """Verifier services."""
+
+    count: int = Field(1, ge=0, le=64, description="Verifiers `scca run` starts on this machine.")
+    slots: int = Field(4, ge=1, le=1024, description="Jobs a verifier accepts at once.")
+
+
+class HubConfig(_Section):
+    """The learner's broker: addresses, leases, heartbeats, metrics ports."""
+
+    bind: str = Field("tcp://127.0.0.1:0", description="ROUTER address the learner binds (port 0 = pick a free one).")
+    heartbeat_s: float = Field(1.0, gt=0, le=60, description="Heartbeat interval on idle sockets.")
+    peer_timeout_s: float = Field(10.0, gt=0, le=3600, description="A peer silent this long is considered gone.")
+    work_lease_s: float = Field(120.0, gt=0, le=86400, description="Dispatched work not answered in time is re-dispatched.")
+    verify_lease_s: float = Field(60.0, gt=0, le=86400, description="Verify jobs not answered in time are re-sent.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Learner /metrics port (0 = pick a free one).")
+
+
+class RunConfig(_Section):
+    """A whole run: the sections of DESIGN §8."""
+
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    learner: LearnerConfig = LearnerConfig()
+    loss: LossConfig = LossConfig()
+    credit: CreditConfig = CreditConfig()
+    actor: ActorConfig = ActorConfig()
+    verifier: VerifierConfig = VerifierConfig()
+    hub: HubConfig = HubConfig()
+
+    def resolved_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key and the problem."""
+
+
+def parse_config(data: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"[{where}] {what}")
+        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """Read a TOML file, or the resolved JSON a run folder holds (plus nested `overrides`,
+    e.g. {"learner": {"max_steps": 5}})."""
+    with open(path, "rb") as f:
+        try:
+            data = json.load(f) if str(path).endswith(".json") else tomllib.load(f)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'TOML'}: {exc}") from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    return parse_config(data)

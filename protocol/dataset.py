@@ -1,0 +1,67 @@
+"""Prompt files: the JSONL format every task reads and writes (DESIGN §7).
+
+What it does: one JSON object per line, `{"id": str, "prompt": str, "meta": {...}}`.
+`meta` holds what only verifiers may see (answer, tests, reference solution); the learner
+passes it through untouched and actors never receive it. `read_jsonl` validates every
+row and names the line of the first bad one.
+
+What it does not do: no streaming of huge files (rows are held in memory), no schema for
+`meta` (each task's scorer owns its own).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+MAX_PROMPT_CHARS = 65_536  # matches the wire limit on prompt text
+
+
+class DatasetError(ValueError):
+    """A prompt file that cannot be used; the message names the file and line."""
+
+
+def check_row(row: object, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    for key, typ in (("id", str), ("prompt", str), ("meta", dict)):
+        if not isinstance(row.get(key), typ):
+            raise DatasetError(f"{where}: field {key!r} must be {typ.__name__}, got {type(row.get(key)).__name__}")
+    extra = set(row) - {"id", "prompt", "meta"}
+    if extra:
+        raise DatasetError(f"{where}: unknown fields {sorted(extra)}")
+    if not row["id"] or len(row["prompt"]) > MAX_PROMPT_CHARS:
+        raise DatasetError(f"{where}: empty id or prompt over {MAX_PROMPT_CHARS} chars")
+    return row
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    rows, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{where}: not JSON: {exc.msg}") from None
+            row = check_row(row, where)
+            if row["id"] in seen:
+                raise DatasetError(f"{where}: duplicate id {row['id']!r}")
+            seen.add(row["id"])
+            rows.append(row)
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            check_row(row, f"row {i}")
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)

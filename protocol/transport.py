@@ -1,0 +1,152 @@
+"""asyncio ZeroMQ endpoints with heartbeats on the data sockets (DESIGN §1, §2).
+
+What it does:
+* `RouterEndpoint` (learner side, binds): receives `(peer identity, message)`; a frame
+  that fails decoding is answered with an `error` message, counted in `bad_messages`, and
+  skipped — it never raises into the caller's loop.
+* `DealerEndpoint` (actor / verifier side, connects): sends and receives validated
+  messages; a background task sends `heartbeat` when nothing else was sent for
+  `heartbeat_s`, and `silent_for()` tells how long the learner has been quiet so the
+  service can reconnect.
+Every message goes through `protocol.messages.encode/decode` (msgpack, no pickle).
+
+What it does not do: no retries of application messages (the learner's leases handle
+lost work), no encryption or authentication (bind to loopback or a private network),
+no ordering guarantees across reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import zmq
+import zmq.asyncio
+
+from protocol import messages
+from protocol.codec import ProtocolError
+
+LINGER_MS = 0  # closing never blocks on unsent messages
+HWM = 10_000  # high-water mark per socket (messages)
+
+
+def _socket(ctx: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, LINGER_MS)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    return sock
+
+
+class RouterEndpoint:
+    """The learner's bound ROUTER socket."""
+
+    def __init__(self, address: str, name: str = "learner"):
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock = _socket(self.ctx, zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.bind(address)
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.name = name
+        self._seq = itertools.count()
+        self.bad_messages = 0
+        self.last_sent: dict[bytes, float] = {}
+
+    async def recv(self) -> tuple[bytes, dict]:
+        """Next valid message; garbage is answered with `error` and skipped."""
+        while True:
+            frames = await self.sock.recv_multipart()
+            if len(frames) != 2:
+                self.bad_messages += 1
+                if frames:
+                    await self._reply_error(frames[0], "bad_frames", f"expected 1 payload frame, got {len(frames) - 1}")
+                continue
+            identity, payload = frames
+            try:
+                return identity, messages.decode(payload)
+            except ProtocolError as exc:
+                self.bad_messages += 1
+                await self._reply_error(identity, exc.code, str(exc))
+
+    async def _reply_error(self, identity: bytes, code: str, text: str) -> None:
+        try:
+            await self.send(identity, "error", code=code, message=text[:1000])
+        except zmq.ZMQError:
+            pass  # the peer is already gone: nothing to answer
+
+    async def send(self, identity: bytes, kind: str, **fields) -> None:
+        msg = messages.make(kind, self.name, next(self._seq), **fields)
+        await self.sock.send_multipart([identity, messages.encode(msg)])
+        self.last_sent[identity] = time.monotonic()
+
+    def close(self) -> None:
+        self.sock.close(LINGER_MS)
+
+
+class DealerEndpoint:
+    """An actor's or verifier's DEALER socket to the learner, with heartbeats."""
+
+    def __init__(self, address: str, name: str, heartbeat_s: float = 1.0):
+        self.ctx = zmq.asyncio.Context.instance()
+        self.address = address
+        self.name = name
+        self.heartbeat_s = heartbeat_s
+        self._seq = itertools.count()
+        self.sock = self._connect()
+        self.last_sent = time.monotonic()
+        self.last_recv = time.monotonic()
+        self._hb_task: asyncio.Task | None = None
+        self.bad_messages = 0
+
+    def _connect(self) -> zmq.asyncio.Socket:
+        sock = _socket(self.ctx, zmq.DEALER)
+        sock.setsockopt_string(zmq.IDENTITY, self.name)
+        sock.connect(self.address)
+        return sock
+
+    def reconnect(self) -> None:
+        """Drop the socket and open a fresh one (after the learner went silent)."""
+        self.sock.close(LINGER_MS)
+        self.sock = self._connect()
+        self.last_recv = time.monotonic()
+
+    def start_heartbeats(self) -> None:
+        self._hb_task = asyncio.get_running_loop().create_task(self._heartbeat_loop())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s / 2)
+            if time.monotonic() - self.last_sent >= self.heartbeat_s:
+                await self.send("heartbeat")
+
+    async def send(self, kind: str, **fields) -> None:
+        msg = messages.make(kind, self.name, next(self._seq), **fields)
+        await self.sock.send(messages.encode(msg))
+        self.last_sent = time.monotonic()
+
+    async def send_raw(self, payload: bytes) -> None:
+        """Send bytes as they are (tests use it to send garbage)."""
+        await self.sock.send(payload)
+
+    async def recv(self, timeout: float | None = None) -> dict | None:
+        """Next valid message, or None after `timeout` seconds. Garbage is counted and skipped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left is not None and not await self.sock.poll(left * 1000):
+                return None
+            payload = await self.sock.recv()
+            self.last_recv = time.monotonic()
+            try:
+                return messages.decode(payload)
+            except ProtocolError:
+                self.bad_messages += 1
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_recv
+
+    def close(self) -> None:
+        if self._hb_task is not None:
+            self._hb_task.cancel()
+        self.sock.close(LINGER_MS)

@@ -1,0 +1,307 @@
+"""Weight snapshots on disk: publish, verify, load, digest, canary (DESIGN §4).
+
+A snapshot is `root/v{version:06d}/`: a complete Hugging Face folder (safetensors weights,
+config, tokenizer) plus `manifest.json`
+    {"format": 1, "version": int, "files": {relative name: sha256 hex}, "param_digest": hex}
+and an empty `READY` marker. It is written to `root/.tmp-v{version:06d}-<random>/`, every
+file fsynced, the folder renamed into place, and `READY` written (and fsynced) last, so a
+folder without `READY` is never a snapshot. Only the last `keep` READY versions are kept.
+
+What this module does NOT do: move files between hosts (actors without a shared
+filesystem fetch them over the wire elsewhere), decide what to do on a mismatch (the
+caller's fault policy), or load weights into a model (engines do; they call
+`load_state_dict` here to get verified tensors). No pickle: tensors go through safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+READY = "READY"
+HASH_CHUNK = 1 << 20  # bytes read per sha256 update
+
+CANARY_PROMPT = "12+34+56="
+CANARY_COMPLETION = "12+34=46;46+56=102;#102"
+CANARY_TOL = 1e-3  # absolute tolerance on the canary log-probability (nats)
+
+_VERSION_RE = re.compile(r"^v(\d{6,})$")
+
+
+class WeightsError(Exception):
+    """A snapshot is missing, incomplete, corrupted or does not fit the model."""
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def param_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 hex digest of a set of named tensors, independent of order and device.
+
+    Tensors are visited in sorted name order; each contributes
+        b"{name}\\0{dtype}\\0{shape as comma list}\\0{n_bytes}\\0" + data
+    where `dtype` is the tensor's own dtype string (e.g. "torch.bfloat16") and `data` is
+    the tensor as contiguous **float32 little-endian** bytes for floating dtypes (bf16 and
+    fp16 convert to fp32 exactly), or its own dtype's little-endian bytes otherwise.
+    Models that hold the same values in different dtypes therefore get different digests.
+
+    Use `model.state_dict().items()` (parameters + persistent buffers): for an untied HF
+    model this is exactly the tensor set of its `model.safetensors`.
+    """
+    items = sorted(((name, t) for name, t in named_tensors), key=lambda x: x[0])
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError("param_digest: duplicate tensor names")
+    h = hashlib.sha256()
+    for name, t in items:
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            arr = t.to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
+        else:
+            arr = t.contiguous().numpy()
+            arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        data = np.ascontiguousarray(arr).tobytes()
+        shape = ",".join(str(s) for s in t.shape)
+        h.update(f"{name}\0{t.dtype}\0{shape}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _version_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(version, folder) for every `v{version}` folder under root, ascending."""
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _VERSION_RE.match(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def snapshot_folder(root: Path, version: int) -> Path:
+    return Path(root) / f"v{version:06d}"
+
+
+def _weight_files(folder: Path, files: Iterable[str]) -> list[Path]:
+    return [folder / f for f in sorted(files) if f.endswith(".safetensors")]
+
+
+def publish_snapshot(root: Path, version: int, model, tokenizer, keep: int = 3) -> dict:
+    """Write snapshot `version` of `model` + `tokenizer` under `root` atomically.
+
+    Returns {"version", "folder" (absolute str), "manifest_sha256", "digest"}, the fields
+    of a `weights_published` message plus the parameter digest. An existing folder of the
+    same version (e.g. re-published after a learner restart) is replaced.
+    """
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    root = Path(root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    final = snapshot_folder(root, version)
+    tmp = root / f".tmp-v{version:06d}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        rel = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        weights = _weight_files(tmp, rel)
+        if not weights:
+            raise WeightsError(f"save_pretrained wrote no .safetensors file in {tmp}")
+        # Digest of what actors will load: the file content, not the in-memory model.
+        tensors: dict[str, torch.Tensor] = {}
+        for w in weights:
+            tensors.update(load_file(w))
+        digest = param_digest(tensors.items())
+        del tensors
+        manifest = {
+            "format": FORMAT,
+            "version": int(version),
+            "files": {name: sha256_file(tmp / name) for name in rel},
+            "param_digest": digest,
+        }
+        manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        (tmp / MANIFEST).write_bytes(manifest_bytes)
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                _fsync_file(p)
+        for d in sorted({p.parent for p in tmp.rglob("*")}, key=lambda p: -len(p.parts)):
+            _fsync_dir(d)
+        if final.exists():
+            trash = root / f".old-{final.name}-{secrets.token_hex(4)}"
+            final.rename(trash)
+            shutil.rmtree(trash)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(root)
+    ready = final / READY
+    with open(ready, "wb") as f:
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(final)
+    _fsync_dir(root)
+    _prune(root, keep, current=final)
+    return {
+        "version": int(version),
+        "folder": str(final),
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "digest": digest,
+    }
+
+
+def _prune(root: Path, keep: int, current: Path) -> None:
+    """Keep the newest `keep` READY versions (always including `current`); delete older
+    READY versions, folders that never became READY, and temp folders left by crashes."""
+    ready = [(v, p) for v, p in _version_dirs(root) if (p / READY).is_file()]
+    keep_set = {p for _, p in ready[-keep:]} | {current}
+    for _, p in ready:
+        if p not in keep_set:
+            shutil.rmtree(p, ignore_errors=True)
+    for _, p in _version_dirs(root):
+        if p != current and not (p / READY).exists():
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.iterdir():
+        if p.name.startswith((".tmp-v", ".old-v")) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_snapshot(root: Path) -> Path | None:
+    """Folder of the highest READY version under root, or None."""
+    for _, p in reversed(_version_dirs(Path(root))):
+        if (p / READY).is_file():
+            return p
+    return None
+
+
+# ----------------------------------------------------------------------------- verify / load
+
+
+def verify_snapshot(folder: Path, manifest_sha256: str | None = None) -> dict:
+    """Check READY, the manifest (and its sha256 if given), and every listed file's sha256.
+
+    Raises WeightsError naming the first problem; returns the parsed manifest.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"missing snapshot folder: {folder}")
+    if not (folder / READY).is_file():
+        raise WeightsError(f"missing READY in {folder}")
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise WeightsError(f"missing {MANIFEST} in {folder}")
+    raw = mpath.read_bytes()
+    if manifest_sha256 is not None and hashlib.sha256(raw).hexdigest() != manifest_sha256:
+        raise WeightsError(f"corrupted: {MANIFEST} sha256 mismatch in {folder}")
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        raise WeightsError(f"corrupted: {MANIFEST} is not JSON in {folder}: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise WeightsError(f"unsupported {MANIFEST} format in {folder}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(manifest.get("version"), int):
+        raise WeightsError(f"corrupted: {MANIFEST} lacks files/version in {folder}")
+    for name in sorted(files):
+        path = folder / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise WeightsError(f"corrupted: {MANIFEST} lists a path outside the folder: {name}")
+        if not path.is_file():
+            raise WeightsError(f"missing: {name} in {folder}")
+        if sha256_file(path) != files[name]:
+            raise WeightsError(f"corrupted: {name} sha256 mismatch in {folder}")
+    return manifest
+
+
+def load_verified(folder: Path, manifest_sha256: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """verify_snapshot, then read all its safetensors files into one CPU state dict.
+
+    Returns (manifest, state_dict).
+    """
+    folder = Path(folder)
+    manifest = verify_snapshot(folder, manifest_sha256)
+    weights = _weight_files(folder, manifest["files"])
+    if not weights:
+        raise WeightsError(f"missing: no .safetensors file listed in {folder / MANIFEST}")
+    out: dict[str, torch.Tensor] = {}
+    for w in weights:
+        part = load_file(w)
+        dup = out.keys() & part.keys()
+        if dup:
+            raise WeightsError(f"corrupted: tensor {sorted(dup)[0]} in two files of {folder}")
+        out.update(part)
+    return manifest, out
+
+
+def load_state_dict(folder: Path, manifest_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Verify the snapshot, then return its tensors (see load_verified)."""
+    return load_verified(folder, manifest_sha256)[1]
+
+
+# ----------------------------------------------------------------------------- canary
+
+
+def canary_logprob(model, tokenizer) -> float:
+    """Σ_t log π(c_t | CANARY_PROMPT, c_<t) over the canary completion, in float64.
+
+    Prompt ids: `tokenizer(CANARY_PROMPT)` (with whatever special tokens the tokenizer
+    adds, e.g. <bos>); completion ids: `tokenizer(CANARY_COMPLETION,
+    add_special_tokens=False)` followed by the eos id when the tokenizer has one. One
+    forward pass over prompt+completion in eval mode without grad; logits are cast to
+    float64 before the log-softmax. The model's train/eval mode is restored afterwards.
+    Learner and actors compare the values with tolerance CANARY_TOL.
+    """
+    prompt = tokenizer(CANARY_PROMPT)["input_ids"]
+    completion = tokenizer(CANARY_COMPLETION, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        completion = completion + [tokenizer.eos_token_id]
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt + completion], dtype=torch.long, device=device)  # [1, P+C]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0]  # [P+C, V]
+    finally:
+        model.train(was_training)
+    P, C = len(prompt), len(completion)
+    logp = torch.log_softmax(logits[P - 1 : P + C - 1].to(torch.float64), dim=-1)  # [C, V]
+    target = ids[0, P:].unsqueeze(-1)  # [C, 1]
+    return float(logp.gather(-1, target).sum().item())

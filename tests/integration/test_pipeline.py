@@ -1,0 +1,148 @@
+"""The whole pipeline as real processes: learner + 2 actors + 1 verifier over TCP loopback.
+
+One short run (module fixture) is probed while it trains — garbage frames, a bad field,
+an actor that lies about its weights, /metrics of every process — and checked after it
+ends: reward rose, every real actor's digest matched, the ledger balances, no process is
+left behind."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from conftest import metrics_ports, no_processes_with, read_jsonl, scca, scrape, sets, wait_for
+from protocol import messages
+
+pytestmark = pytest.mark.integration
+
+STEPS = 40
+RUN_TIMEOUT_S = 1200
+
+
+def _probe_socket(address: str, name: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt_string(zmq.IDENTITY, name)
+    sock.connect(address)
+    return sock
+
+
+def _next_error(sock: zmq.Socket, timeout_s: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sock.poll(200):
+            msg = messages.decode(sock.recv())
+            if msg["kind"] == "error":
+                return msg
+    raise AssertionError("no error reply from the learner")
+
+
+def _probes(address: str) -> dict:
+    """Send what a broken or lying peer would send; collect the learner's answers."""
+    out = {}
+    sock = _probe_socket(address, "probe-garbage")
+    sock.send(b"\xc1 this is not msgpack")
+    out["garbage"] = _next_error(sock)
+    bad = messages.make("work_request", "probe-garbage", 0, slots=1)
+    bad["slots"] = -5  # fails validation on the learner side
+    sock.send(msgpack.packb(bad))
+    out["bad_field"] = _next_error(sock)
+    sock.close()
+    liar = _probe_socket(address, "probe-liar")
+    liar.send(messages.encode(messages.make("hello", "probe-liar", 0, role="actor", name="probe-liar", capabilities={})))
+    welcome = None
+    while welcome is None:
+        assert liar.poll(20_000), "no welcome"
+        msg = messages.decode(liar.recv())
+        welcome = msg if msg["kind"] == "welcome" else None
+    version = welcome["weights"]["version"]
+    liar.send(messages.encode(messages.make("weights_loaded", "probe-liar", 1, version=version, digest="0" * 64,
+                                            canary_logprob=-1.0)))
+    out["liar"] = _next_error(liar)
+    liar.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(bootstrap_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    overrides = sets(learner={"max_steps": STEPS, "eval_every": 0, "lr": 3e-4, "checkpoint_every": 10},
+                     task={"train_size": 5000, "heldout_size": 200})
+    proc = scca("run", "deploy/default.toml", "--out", str(run_dir), *overrides, log=run_dir.parent / "launcher.log")
+    try:
+        ready = wait_for(lambda: (run_dir / "learner.json").exists() and json.loads((run_dir / "learner.json").read_text()),
+                         300, "learner.json", proc)
+        wait_for(lambda: any(r.get("step", 0) >= 3 for r in read_jsonl(run_dir / "metrics.jsonl")), 600, "step 3", proc)
+        probes = _probes(ready["address"])
+        scraped = {name: scrape(port) for name, port in metrics_ports(run_dir).items()}
+        rc = proc.wait(RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return {"dir": run_dir, "rc": rc, "probes": probes, "scraped": scraped,
+            "summary": json.loads((run_dir / "summary.json").read_text()),
+            "rows": [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]}
+
+
+def test_run_completes_with_its_budget(finished_run):
+    s = finished_run["summary"]
+    assert finished_run["rc"] == 0
+    assert s["completed"] and s["steps"] == STEPS
+    assert s["samples_trained"] == sum(r["groups"] for r in finished_run["rows"]) * 8
+    assert s["heldout_accuracy_before"] is not None and s["heldout_accuracy_after"] is not None
+
+
+def test_reward_rises(finished_run):
+    rewards = [r["reward_mean"] for r in finished_run["rows"]]
+    first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
+    assert last >= first + 0.05, f"reward did not rise: first 10 steps {first:.3f}, last 10 steps {last:.3f}"
+
+
+def test_ledger_balances(finished_run):
+    ledger = finished_run["summary"]["ledger"]
+    assert ledger["dispatched"] == ledger["trained"] + ledger["dropped"] + ledger["in_flight"]
+    db = sqlite3.connect(finished_run["dir"] / "ledger.sqlite")
+    by_state = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+    assert by_state.get("trained", 0) == ledger["trained"] == sum(r["groups"] for r in finished_run["rows"])
+    assert sum(by_state.values()) == ledger["dispatched"]
+
+
+def test_every_actor_digest_matches(finished_run):
+    events = read_jsonl(finished_run["dir"] / "weights_sync.jsonl")
+    real = [e for e in events if e["peer"].startswith("actor-")]
+    assert real and all(e["ok"] and e["digest"] == e["expected_digest"] for e in real)
+    assert {e["peer"] for e in real} == {"actor-0", "actor-1"}
+    assert max(e["version"] for e in real) >= STEPS - 1
+    lies = [e for e in events if e["peer"] == "probe-liar"]
+    assert len(lies) == 1 and not lies[0]["ok"]
+    assert finished_run["summary"]["weights_loaded_mismatched"] == 1
+
+
+def test_bad_messages_answered_and_counted(finished_run):
+    probes = finished_run["probes"]
+    assert probes["garbage"]["code"] == "not_msgpack"
+    assert probes["bad_field"]["code"] == "bad_field" and "slots" in probes["bad_field"]["message"]
+    assert probes["liar"]["code"] == "quarantined"
+    assert finished_run["summary"]["bad_messages"] == 2
+    assert finished_run["scraped"]["learner"]["scca_learner_bad_messages"] == 2
+
+
+def test_every_process_serves_metrics(finished_run):
+    m = finished_run["scraped"]
+    assert set(m) == {"learner", "actor-0", "actor-1", "verifier-0"}
+    assert m["learner"]['scca_learner_peers_alive{role="actor"}'] >= 2
+    assert m["learner"]['scca_learner_ledger_items{bucket="dispatched"}'] > 0
+    for actor in ("actor-0", "actor-1"):
+        assert m[actor]["scca_actor_tokens_generated_total"] > 0
+        assert m[actor]["scca_actor_weights_version"] >= 0
+    assert m["verifier-0"]["scca_verifier_samples_scored_total"] > 0
+
+
+def test_no_process_left_behind(finished_run):
+    assert wait_for(lambda: no_processes_with(str(finished_run["dir"])), 30, "children to exit")

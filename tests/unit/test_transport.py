@@ -1,0 +1,59 @@
+"""asyncio DEALER/ROUTER endpoints over real loopback sockets."""
+
+import asyncio
+
+from protocol.transport import DealerEndpoint, RouterEndpoint
+
+
+async def test_round_trip_and_garbage_is_answered():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    dealer = DealerEndpoint(router.address, "actor-x", heartbeat_s=10)
+    try:
+        await dealer.send("work_request", slots=3)
+        identity, msg = await asyncio.wait_for(router.recv(), 5)
+        assert identity == b"actor-x" and msg["kind"] == "work_request" and msg["slots"] == 3
+        await dealer.send_raw(b"\x00\x01 not a message")
+        await dealer.send("heartbeat")
+        identity, msg = await asyncio.wait_for(router.recv(), 5)  # garbage skipped, heartbeat delivered
+        assert msg["kind"] == "heartbeat" and router.bad_messages == 1
+        reply = await dealer.recv(timeout=5)
+        assert reply["kind"] == "error" and reply["code"] == "not_msgpack"
+        await router.send(identity, "ack", ids=["a", "b"])
+        reply = await dealer.recv(timeout=5)
+        assert reply["ids"] == ["a", "b"]
+    finally:
+        dealer.close()
+        router.close()
+
+
+async def test_heartbeats_flow_when_idle_and_silence_is_measured():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    dealer = DealerEndpoint(router.address, "verifier-x", heartbeat_s=0.1)
+    dealer.start_heartbeats()
+    try:
+        kinds = []
+        for _ in range(3):
+            _, msg = await asyncio.wait_for(router.recv(), 5)
+            kinds.append(msg["kind"])
+        assert kinds == ["heartbeat"] * 3
+        assert await dealer.recv(timeout=0.3) is None
+        assert dealer.silent_for() >= 0.3
+    finally:
+        dealer.close()
+        router.close()
+
+
+async def test_reconnect_gets_through_to_a_new_router_on_the_same_port():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    address = router.address
+    dealer = DealerEndpoint(address, "actor-y", heartbeat_s=10)
+    try:
+        router.close()
+        router = RouterEndpoint(address)  # the learner came back on the same address
+        dealer.reconnect()
+        await dealer.send("work_request", slots=1)
+        _, msg = await asyncio.wait_for(router.recv(), 5)
+        assert msg["slots"] == 1
+    finally:
+        dealer.close()
+        router.close()

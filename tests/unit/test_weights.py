@@ -1,0 +1,168 @@
+"""Snapshot format: publish/verify/load round trip, corruption, pruning, crashes, canary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from tiny import tiny_model, tiny_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from protocol.weights import (
+    CANARY_TOL,
+    WeightsError,
+    canary_logprob,
+    latest_snapshot,
+    load_state_dict,
+    param_digest,
+    publish_snapshot,
+    verify_snapshot,
+)
+
+torch.set_num_threads(1)
+
+
+def _publish(tmp_path, version=1, seed=0, keep=3):
+    return publish_snapshot(tmp_path / "weights", version, tiny_model(seed), tiny_tokenizer(), keep=keep)
+
+
+def test_publish_verify_load_roundtrip(tmp_path):
+    model = tiny_model(0)
+    info = publish_snapshot(tmp_path / "w", 7, model, tiny_tokenizer())
+    folder = tmp_path / "w" / "v000007"
+    assert info["folder"] == str(folder.absolute()) and info["version"] == 7
+    assert (folder / "READY").is_file() and (folder / "model.safetensors").is_file()
+    raw = (folder / "manifest.json").read_bytes()
+    assert info["manifest_sha256"] == hashlib.sha256(raw).hexdigest()
+    manifest = verify_snapshot(folder, info["manifest_sha256"])
+    assert manifest["version"] == 7 and manifest["format"] == 1
+    assert manifest["param_digest"] == info["digest"]
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest["files"])
+    # digest: in-memory model == manifest == file content == fresh from_pretrained
+    assert param_digest(model.state_dict().items()) == info["digest"]
+    state = load_state_dict(folder)
+    assert param_digest(state.items()) == info["digest"]
+    fresh = AutoModelForCausalLM.from_pretrained(folder)
+    assert param_digest(fresh.state_dict().items()) == info["digest"]
+    for name, t in model.state_dict().items():
+        assert torch.equal(state[name], t), name
+    # the folder is a complete HF folder: tokenizer loads and encodes the same
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok("12+34=")["input_ids"] == tiny_tokenizer()("12+34=")["input_ids"]
+
+
+def test_param_digest_properties():
+    model = tiny_model(0)
+    items = list(model.state_dict().items())
+    d = param_digest(items)
+    assert d == param_digest(reversed(items))  # order independent
+    assert d != param_digest(tiny_model(1).state_dict().items())
+    # one ulp-sized change anywhere changes it
+    changed = dict(items)
+    w = changed["model.norm.weight"].clone()
+    w[0] = torch.nextafter(w[0], torch.tensor(10.0))
+    changed["model.norm.weight"] = w
+    assert param_digest(changed.items()) != d
+    # dtype is part of the digest, and bf16 gives a defined (deterministic) value
+    bf = [(n, t.to(torch.bfloat16)) for n, t in items]
+    assert param_digest(bf) == param_digest(bf) != d
+    # renaming changes it
+    assert param_digest([("x" + n, t) for n, t in items]) != d
+
+
+def test_corrupt_byte_names_the_file(tmp_path):
+    info = _publish(tmp_path)
+    folder = tmp_path / "weights" / "v000001"
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"corrupted: model\.safetensors sha256 mismatch"):
+        verify_snapshot(folder, info["manifest_sha256"])
+    with pytest.raises(WeightsError, match="model.safetensors"):
+        load_state_dict(folder)
+
+
+def test_missing_ready_missing_file_and_wrong_manifest_sha(tmp_path):
+    info = _publish(tmp_path)
+    folder = tmp_path / "weights" / "v000001"
+    with pytest.raises(WeightsError, match="manifest.json sha256 mismatch"):
+        verify_snapshot(folder, "0" * 64)
+    (folder / "config.json").unlink()
+    with pytest.raises(WeightsError, match="missing: config.json"):
+        verify_snapshot(folder, info["manifest_sha256"])
+    (folder / "READY").unlink()
+    with pytest.raises(WeightsError, match="missing READY"):
+        verify_snapshot(folder)
+    with pytest.raises(WeightsError, match="missing snapshot folder"):
+        verify_snapshot(tmp_path / "nope")
+
+
+def test_tampered_manifest_is_caught(tmp_path):
+    info = _publish(tmp_path)
+    folder = tmp_path / "weights" / "v000001"
+    m = json.loads((folder / "manifest.json").read_text())
+    m["param_digest"] = "f" * 64
+    (folder / "manifest.json").write_text(json.dumps(m))
+    verify_snapshot(folder)  # without the published sha the edit is undetectable
+    with pytest.raises(WeightsError, match="manifest.json sha256 mismatch"):
+        verify_snapshot(folder, info["manifest_sha256"])
+
+
+def test_keep_prunes_older_versions(tmp_path):
+    root = tmp_path / "weights"
+    model, tok = tiny_model(0), tiny_tokenizer()
+    for v in range(1, 6):
+        publish_snapshot(root, v, model, tok, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["v000004", "v000005"]
+    assert latest_snapshot(root) == root / "v000005"
+
+
+def test_crash_mid_write_is_ignored(tmp_path):
+    root = tmp_path / "weights"
+    publish_snapshot(root, 1, tiny_model(0), tiny_tokenizer())
+    # crash while writing v2: temp folder left behind
+    tmp = root / ".tmp-v000002-deadbeef"
+    tmp.mkdir()
+    tiny_model(1).save_pretrained(tmp)
+    # crash after rename but before READY
+    tiny_model(2).save_pretrained(root / "v000003")
+    assert latest_snapshot(root) == root / "v000001"
+    with pytest.raises(WeightsError, match="missing READY"):
+        verify_snapshot(root / "v000003")
+    # the next publish cleans both up and becomes the latest
+    publish_snapshot(root, 4, tiny_model(3), tiny_tokenizer())
+    assert sorted(p.name for p in root.iterdir()) == ["v000001", "v000004"]
+    assert latest_snapshot(root) == root / "v000004"
+    assert latest_snapshot(tmp_path / "absent") is None
+
+
+def test_republish_same_version_replaces(tmp_path):
+    a = _publish(tmp_path, version=3, seed=0)
+    b = _publish(tmp_path, version=3, seed=1)
+    assert a["digest"] != b["digest"]
+    assert verify_snapshot(b["folder"], b["manifest_sha256"])["param_digest"] == b["digest"]
+
+
+def test_canary_deterministic_and_weight_sensitive(tmp_path):
+    model, tok = tiny_model(0), tiny_tokenizer()
+    model.train()
+    c1 = canary_logprob(model, tok)
+    assert model.training  # mode restored
+    c2 = canary_logprob(model, tok)
+    assert c1 == c2
+    assert c1 < 0 and abs(c1) > 1.0  # 24 tokens (23 chars + eos), far from certain
+    other = canary_logprob(tiny_model(1), tok)
+    assert abs(other - c1) > 100 * CANARY_TOL
+    # a small perturbation of one layer moves it beyond the tolerance
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.add_(0.05)
+    assert abs(canary_logprob(model, tok) - c1) > CANARY_TOL
+    # learner-side value == value from the published folder loaded from scratch
+    base = tiny_model(0)
+    info = publish_snapshot(tmp_path / "w", 1, base, tok)
+    fresh = AutoModelForCausalLM.from_pretrained(info["folder"])
+    fresh_tok = AutoTokenizer.from_pretrained(info["folder"])
+    assert abs(canary_logprob(fresh, fresh_tok) - c1) < 1e-9

@@ -1,0 +1,45 @@
+"""Scorer-worker side of the verifier: look up a task by name and score completions.
+
+What it does: `score_many` runs in a worker process's main thread (tasks such as `math`
+rely on `signal.alarm`), scores each completion with the task's `score`, and returns
+rewards, per-sample details (JSON-safe scalars only) and the task's version string.
+
+What it does not do: no timeouts of its own (the service bounds the whole job), no
+caching, no sandboxing (tasks that execute code use `verifiers.sandbox`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+TASK_NAMES = ("arith", "countdown", "math", "code")
+DETAIL_STR_CAP = 500  # detail strings are cut to this many characters
+
+
+def _task(name: str):
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
+    return importlib.import_module(f"verifiers.tasks.{name}")
+
+
+def _clean(detail: dict) -> dict:
+    out = {}
+    for k, v in detail.items():
+        if k == "reward":
+            continue
+        if isinstance(v, str):
+            v = v[:DETAIL_STR_CAP]
+        elif v is not None and not isinstance(v, (int, float, bool)):
+            v = str(v)[:DETAIL_STR_CAP]
+        out[str(k)] = v
+    return out
+
+
+def score_many(task: str, prompt: str, meta: dict, completions: list[str]) -> tuple[list[float], list[dict], str]:
+    mod = _task(task)
+    rewards, details = [], []
+    for completion in completions:
+        result = mod.score(prompt, meta, completion)
+        rewards.append(float(result["reward"]))
+        details.append(_clean(result))
+    return rewards, details, mod.VERSION
