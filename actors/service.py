@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import os
 import signal
@@ -56,6 +57,7 @@ class Actor:
         self.wakeup = asyncio.Event()
         self.busy = False
         self.stopping = asyncio.Event()
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
 
     async def run(self) -> None:
         self.ep.start_heartbeats()
@@ -119,14 +121,14 @@ class Actor:
         try:
             if self.engine is None:
                 a = self.cfg.actor
-                self.engine = await loop.run_in_executor(None, lambda: HFEngine(folder, threads=a.threads, seed=zlib.crc32(self.name.encode())))
+                self.engine = await loop.run_in_executor(self.pool, lambda: HFEngine(folder, threads=a.threads, seed=zlib.crc32(self.name.encode())))
             else:
-                await loop.run_in_executor(None, self.engine.load_weights, folder, msg["manifest_sha256"])
+                await loop.run_in_executor(self.pool, self.engine.load_weights, folder, msg["manifest_sha256"])
         except WeightsError as exc:  # fault policy: keep the old weights, tell the learner
             log.error("refusing weights v%d: %s", msg["version"], exc)
             await self.ep.send("error", code="bad_weights", message=str(exc)[:1000])
             return
-        digest, canary = await loop.run_in_executor(None, lambda: (self.engine.digest(), self.engine.canary()))
+        digest, canary = await loop.run_in_executor(self.pool, lambda: (self.engine.digest(), self.engine.canary()))
         self.digest = digest
         LOAD_S.set(time.perf_counter() - t)
         VERSION.set(self.engine.version)
@@ -136,7 +138,7 @@ class Actor:
         s = msg["sampling"]
         texts = [p["text"] for p in msg["prompts"]]
         t = time.perf_counter()
-        groups = await loop.run_in_executor(None, lambda: self.engine.generate(
+        groups = await loop.run_in_executor(self.pool, lambda: self.engine.generate(
             texts, msg["group_size"], temperature=s["temperature"], top_p=s["top_p"],
             max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size))
         seconds = time.perf_counter() - t
@@ -173,3 +175,7 @@ async def serve(cfg, address: str, name: str, metrics_port: int) -> None:
 def main(cfg, address: str, name: str, metrics_port: int = 0) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     asyncio.run(serve(cfg, address, name, metrics_port))
+    logging.shutdown()
+    # A generate/score call still running in a worker thread is abandoned, not awaited: the
+    # learner's lease re-dispatches its work, and waiting could hold the stop for minutes.
+    os._exit(0)

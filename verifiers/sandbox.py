@@ -191,7 +191,8 @@ def _job_base(kind: str, code: str, limits: Limits, mode: str) -> dict:
             "worker_uid": uid, "runtime_src": RUNTIME_SRC, "pidns": mode != "none",
             "workdir": "/tmp/work" if mode != "none" else tempfile.mkdtemp(prefix="scca-sbx-"),
             "tmpfs_mounts": [p for p in ("/tmp", "/var/tmp", "/dev/shm")
-                             if mode == "unshare" and os.path.isdir(p)]}
+                             if mode == "unshare" and os.path.isdir(p)],
+            "expose": [_python()[1], os.path.dirname(_python()[0])] if mode == "unshare" else []}
 
 
 def _kill_group(p: subprocess.Popen) -> None:

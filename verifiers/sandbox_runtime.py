@@ -33,7 +33,7 @@ import time
 MAX_DEPTH = 64            # nesting limit of encoded values
 CLEANUP_TIMEOUT_S = 2.0   # how long the supervisor waits for killed processes to vanish
 PR_SET_DUMPABLE = 4
-MS_NOSUID, MS_NODEV = 2, 4
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MNT_DETACH = 2, 4, 4096, 16384, 2
 
 
 class Unencodable:
@@ -136,12 +136,38 @@ def _set_nondumpable():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
 
 
-def _mount_tmpfs(path, size):
+def _mount(src, dst, fstype, flags, opts):
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
-    opts = ("size=%d,mode=1777" % size).encode()
-    if libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
-        raise OSError(ctypes.get_errno(), "mount tmpfs on " + path)
+    if libc.mount(src.encode(), dst.encode(), fstype and fstype.encode(), flags,
+                  opts and opts.encode()) != 0:
+        raise OSError(ctypes.get_errno(), "mount %s on %s" % (src, dst))
+
+
+def _mount_tmpfs(path, size):
+    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=%d,mode=1777" % size)
+
+
+def _expose(path):
+    """Mode "unshare": make `path` reachable for the worker uid when an ancestor is not
+    world-searchable (e.g. a Python under /root): hide that ancestor under a tmpfs and
+    bind `path` back into it. Needs root in a private mount namespace."""
+    parts = path.split("/")
+    for i in range(2, len(parts)):
+        anc = "/".join(parts[:i])
+        if os.stat(anc).st_mode & 0o001 == 0:
+            break
+    else:
+        return
+    stage = "/tmp/.scca-expose-%d" % len(os.listdir("/tmp"))
+    os.mkdir(stage, 0o755)
+    _mount(path, stage, None, MS_BIND | MS_REC, None)
+    _mount("tmpfs", anc, "tmpfs", MS_NOSUID | MS_NODEV, "size=65536,mode=0755")
+    os.makedirs(path, mode=0o755)
+    _mount(stage, path, None, MS_BIND | MS_REC, None)
+    import ctypes
+    ctypes.CDLL(None).umount2(stage.encode(), MNT_DETACH)
+    os.rmdir(stage)
 
 
 def _uid_of(pid):
@@ -240,6 +266,8 @@ def supervise(label):
     lim, uid = job["limits"], job["worker_uid"]
     for path in job["tmpfs_mounts"]:
         _mount_tmpfs(path, lim["tmpfs_bytes"])
+    for path in job["expose"]:
+        _expose(path)
     workdir = job["workdir"]
     os.makedirs(workdir, exist_ok=True)
     if uid is not None:
@@ -314,7 +342,7 @@ def judge(rc, raw, checks, clean):
             continue
         try:
             r = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "bad_record"
         if type(r) is not dict:
             return "bad_record"
@@ -324,12 +352,6 @@ def judge(rc, raw, checks, clean):
             error = str(r["error"])[:200]
         else:
             records.append(r)
-    if error is not None:
-        return "error: " + error
-    if rc != 0:
-        return "exit_status %d" % rc
-    if not done:
-        return "tests_not_finished"
     seen = set()
     for r in records:
         k = r.get("k")
@@ -348,6 +370,12 @@ def judge(rc, raw, checks, clean):
         if not ok:
             return "wrong_answer (check %d)" % k
         seen.add(k)
+    if error is not None:
+        return "error: " + error
+    if rc != 0:
+        return "exit_status %d" % rc
+    if not done:
+        return "tests_not_finished"
     missing = [k for k, s in enumerate(checks) if s["required"] and k not in seen]
     if missing:
         return "check_not_run (check %d)" % missing[0]

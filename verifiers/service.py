@@ -47,6 +47,13 @@ def _new_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
 
 
+def _kill_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Kill every worker now (a stuck scorer never finishes by itself), then release the pool."""
+    for proc in list((pool._processes or {}).values()):
+        proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 class Verifier:
     def __init__(self, cfg, address: str, name: str, workers: int):
         self.cfg, self.name, self.workers = cfg, name, workers
@@ -76,7 +83,7 @@ class Verifier:
                     log.warning("learner says %s: %s", msg["code"], msg["message"])
         finally:
             self.ep.close()
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            _kill_pool(self.pool)
 
     async def say_hello(self) -> None:
         caps = {"tasks": ",".join(TASK_NAMES), "slots": self.cfg.verifier.slots, "pid": os.getpid()}
@@ -93,9 +100,7 @@ class Verifier:
         except asyncio.TimeoutError:  # fault policy: reward 0, replace the stuck pool
             TIMEOUTS.inc()
             old, self.pool = self.pool, _new_pool(self.workers)
-            for proc in list(getattr(old, "_processes", {}).values()):
-                proc.kill()
-            old.shutdown(wait=False, cancel_futures=True)
+            _kill_pool(old)
             rewards, details, version = [0.0] * n, [{"reason": "timeout"}] * n, "timeout"
         except ValueError as exc:  # unknown task or malformed meta: the learner is told, nothing is scored
             await self.ep.send("error", code="bad_job", message=f"{job['job_id']}: {exc}"[:1000])
@@ -122,3 +127,7 @@ async def serve(cfg, address: str, name: str, metrics_port: int, workers: int) -
 def main(cfg, address: str, name: str, metrics_port: int = 0, workers: int = 1) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     asyncio.run(serve(cfg, address, name, metrics_port, workers))
+    logging.shutdown()
+    # A generate/score call still running in a worker thread is abandoned, not awaited: the
+    # learner's lease re-dispatches its work, and waiting could hold the stop for minutes.
+    os._exit(0)
