@@ -29,6 +29,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, start_http_server
 
 from actors.engines.hf import HFEngine
+from actors.remote_weights import RemoteWeights
 from protocol.transport import DealerEndpoint
 from protocol.weights import WeightsError
 
@@ -40,6 +41,7 @@ TOKENS = Counter(P + "tokens_generated_total", "Completion tokens generated")
 TOK_PER_S = Gauge(P + "generation_tokens_per_second", "Tokens/s of the last work item")
 QUEUE = Gauge(P + "queue_depth", "Work and weights messages waiting")
 VERSION = Gauge(P + "weights_version", "Loaded weights version")
+FETCH_S = Gauge(P + "weights_fetch_seconds", "Seconds to fetch the last snapshot over the wire")
 LOAD_S = Gauge(P + "weights_load_seconds", "Seconds to verify and load the last snapshot")
 ERRORS = Counter(P + "errors_received_total", "error messages received from the learner", ["code"])
 LEARNER_UP = Gauge(P + "learner_alive", "1 while the learner answers")
@@ -58,6 +60,7 @@ class Actor:
         self.busy = False
         self.stopping = asyncio.Event()
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.remote = RemoteWeights(Path(cfg.actor.weights_dir), self.ep.send) if cfg.actor.weights_dir else None
 
     async def run(self) -> None:
         self.ep.start_heartbeats()
@@ -94,7 +97,11 @@ class Actor:
             self.queue.append(msg)
             QUEUE.set(len(self.queue))
             self.wakeup.set()
+        elif kind == "weights_chunk" and self.remote is not None:
+            self.remote.chunks.put_nowait(msg)
         elif kind == "error":
+            if msg["code"] == "weights_unavailable" and self.remote is not None:
+                self.remote.chunks.put_nowait(msg)  # fails the fetch now instead of at its timeout
             ERRORS.labels(msg["code"]).inc()
             log.warning("learner says %s: %s", msg["code"], msg["message"])
         # heartbeat and ack need no action: any message proves the learner is alive
@@ -117,14 +124,14 @@ class Actor:
 
     async def load(self, loop, msg: dict) -> None:
         t = time.perf_counter()
-        folder = Path(msg["folder"])
         try:
+            folder = await self.weights_folder(msg)
             if self.engine is None:
                 a = self.cfg.actor
                 self.engine = await loop.run_in_executor(self.pool, lambda: HFEngine(folder, threads=a.threads, seed=zlib.crc32(self.name.encode())))
             else:
                 await loop.run_in_executor(self.pool, self.engine.load_weights, folder, msg["manifest_sha256"])
-        except WeightsError as exc:  # fault policy: keep the old weights, tell the learner
+        except (WeightsError, asyncio.TimeoutError) as exc:  # fault policy: keep the old weights, tell the learner
             log.error("refusing weights v%d: %s", msg["version"], exc)
             await self.ep.send("error", code="bad_weights", message=str(exc)[:1000])
             return
@@ -133,6 +140,15 @@ class Actor:
         LOAD_S.set(time.perf_counter() - t)
         VERSION.set(self.engine.version)
         await self.ep.send("weights_loaded", version=self.engine.version, digest=digest, canary_logprob=canary)
+
+    async def weights_folder(self, msg: dict) -> Path:
+        """The snapshot's folder: the learner's own (shared filesystem) or a fetched copy."""
+        if self.remote is None:
+            return Path(msg["folder"])
+        t = time.perf_counter()
+        folder = await self.remote.fetch(msg["version"], msg["manifest_sha256"])
+        FETCH_S.set(time.perf_counter() - t)
+        return folder
 
     async def generate(self, loop, msg: dict) -> None:
         s = msg["sampling"]

@@ -22,16 +22,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
 import logging
 import math
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 
 from learner import metrics as M
 from learner.ledger import Ledger
 from protocol.transport import RouterEndpoint
+from protocol.weights import MANIFEST, READY
 
 log = logging.getLogger("scca.hub")
 
@@ -82,6 +85,7 @@ class Hub:
         self.cursor = int(ledger.get_meta("cursor", "0"))
         self.version = 0
         self.weights: dict | None = None  # current weights_published fields
+        self.weights_root: Path | None = None  # folder of the published snapshots
         self.expected: dict[int, tuple[str, float]] = {}  # version -> (digest, canary)
         self.training_open = True
         self.eval: dict | None = None
@@ -158,6 +162,26 @@ class Hub:
             return
         self.digest_ok += 1
         peer.version = msg["version"]
+
+    async def _on_weights_fetch(self, peer: Peer, msg: dict) -> None:
+        """Serve one chunk of a snapshot file to an actor without the shared filesystem."""
+        folder = self.weights_root / f"v{msg['version']:06d}" if self.weights_root else None
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text()) if folder else None
+        except FileNotFoundError:
+            manifest = None
+        name = msg["file"]
+        if manifest is None or not (folder / READY).exists() or (name != MANIFEST and name not in manifest["files"]):
+            await self.ep.send(peer.identity, "error", code="weights_unavailable",
+                               message=f"v{msg['version']}/{name} is not a file of a kept snapshot")
+            return
+        path = folder / name
+        with open(path, "rb") as f:
+            f.seek(msg["offset"])
+            data = f.read(msg["length"])
+        M.WEIGHT_BYTES_SERVED.inc(len(data))
+        await self.ep.send(peer.identity, "weights_chunk", version=msg["version"], file=name, offset=msg["offset"],
+                           size=path.stat().st_size, data=data)
 
     async def _on_rollout_group(self, peer: Peer, msg: dict) -> None:
         await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])
@@ -343,6 +367,7 @@ class Hub:
         self.version = info["version"]
         self.expected[info["version"]] = (info["digest"], canary)
         self.weights = {"version": info["version"], "folder": info["folder"], "manifest_sha256": info["manifest_sha256"]}
+        self.weights_root = Path(info["folder"]).parent
         for peer in self.peers.values():
             if peer.role == "actor" and not peer.quarantined:
                 await self.ep.send(peer.identity, "weights_published", **self.weights)

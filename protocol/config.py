@@ -93,6 +93,11 @@ class ActorConfig(_Section):
     slots: int = Field(4, ge=1, le=1024, description="Prompt groups an actor asks for at once (credit).")
     threads: int = Field(1, ge=1, le=256, description="torch threads per actor process.")
     batch_size: int = Field(64, ge=1, le=4096, description="Rows per generate() call.")
+    weights_dir: str = Field(
+        "",
+        description="Empty: read snapshots from the learner's folder (shared filesystem). "
+        "Else: fetch them over the wire into this folder (no shared filesystem needed).",
+    )
 
 
 class VerifierConfig(_Section):

@@ -31,6 +31,7 @@ PROTO = 1
 MAX_TOKENS = 8192  # longest completion (T) in a rollout sample
 MAX_GROUP = 256  # samples per group / completions per verify job
 MAX_PROMPTS = 1024  # prompts per work item, also slots per work_request
+MAX_WEIGHTS_CHUNK = 8 * 1024 * 1024  # bytes of one weights_chunk
 MAX_PROMPT_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt text
 MAX_IDS = 1 << 16  # ids in one ack
 LOGPROB_TOL = 1e-4  # logprobs may exceed 0 by this much (float rounding)
@@ -122,6 +123,22 @@ class Bool(Spec):
         if not isinstance(v, (bool, np.bool_)):
             raise _fail(path, "bool", v)
         return bool(v)
+
+
+class Bin(Spec):
+    """Raw bytes of at most `hi` bytes."""
+
+    __slots__ = ("hi",)
+
+    def __init__(self, hi: int):
+        self.hi = hi
+
+    def check(self, v, path):
+        if not isinstance(v, (bytes, bytearray, memoryview)):
+            raise _fail(path, "bytes", v)
+        if len(v) > self.hi:
+            raise _fail(path, f"<= {self.hi} bytes", f"{len(v)} bytes")
+        return bytes(v)
 
 
 class Opt(Spec):
@@ -322,6 +339,11 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "weights_published": {"version": Int(0), "folder": Str(), "manifest_sha256": Str()},
     "weights_loaded": {"version": Int(0), "digest": Str(), "canary_logprob": Float()},
     "error": {"code": Str(), "message": Str()},
+    # Remote weights (DESIGN §12): an actor without the learner's filesystem pulls snapshot
+    # files in chunks; `file` is a name listed in the snapshot's manifest (or manifest.json).
+    "weights_fetch": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "length": Int(1, MAX_WEIGHTS_CHUNK)},
+    "weights_chunk": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "size": Int(0),
+                      "data": Bin(MAX_WEIGHTS_CHUNK)},
 }
 _POSTS = {"verdicts": _check_verdicts}
 _STRUCTS = {k: Struct({**ENVELOPE, **f}, post=_POSTS.get(k)) for k, f in SCHEMAS.items()}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import metrics_ports, no_processes_with, read_jsonl, scca, scrape, sets, wait_for
+from conftest import metrics_ports, no_processes_with, read_jsonl, scca, scrape, sets, stop, wait_for
 from protocol import messages
 
 pytestmark = pytest.mark.integration
@@ -79,13 +79,18 @@ def finished_run(bootstrap_dir, tmp_path_factory):
         ready = wait_for(lambda: (run_dir / "learner.json").exists() and json.loads((run_dir / "learner.json").read_text()),
                          300, "learner.json", proc)
         wait_for(lambda: any(r.get("step", 0) >= 3 for r in read_jsonl(run_dir / "metrics.jsonl")), 600, "step 3", proc)
+        remote = scca("actor", str(run_dir / "config.json"), "--connect", ready["address"], "--name", "actor-remote",
+                      *sets(actor={"weights_dir": str(run_dir.parent / "remote-weights")}),
+                      log=run_dir.parent / "actor-remote.log")
         probes = _probes(ready["address"])
         scraped = {name: scrape(port) for name, port in metrics_ports(run_dir).items()}
         rc = proc.wait(RUN_TIMEOUT_S)
+        remote_rc = stop(remote)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    return {"dir": run_dir, "rc": rc, "probes": probes, "scraped": scraped,
+        for p in (proc, remote):
+            if p.poll() is None:
+                p.kill()
+    return {"dir": run_dir, "rc": rc, "remote_rc": remote_rc, "probes": probes, "scraped": scraped,
             "summary": json.loads((run_dir / "summary.json").read_text()),
             "rows": [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]}
 
@@ -117,7 +122,7 @@ def test_every_actor_digest_matches(finished_run):
     events = read_jsonl(finished_run["dir"] / "weights_sync.jsonl")
     real = [e for e in events if e["peer"].startswith("actor-")]
     assert real and all(e["ok"] and e["digest"] == e["expected_digest"] for e in real)
-    assert {e["peer"] for e in real} == {"actor-0", "actor-1"}
+    assert {e["peer"] for e in real} == {"actor-0", "actor-1", "actor-remote"}
     assert max(e["version"] for e in real) >= STEPS - 1
     lies = [e for e in events if e["peer"] == "probe-liar"]
     assert len(lies) == 1 and not lies[0]["ok"]
@@ -146,3 +151,17 @@ def test_every_process_serves_metrics(finished_run):
 
 def test_no_process_left_behind(finished_run):
     assert wait_for(lambda: no_processes_with(str(finished_run["dir"])), 30, "children to exit")
+
+
+def test_actor_without_shared_filesystem_fetches_weights_over_the_wire(finished_run):
+    """actor-remote had only its own empty folder: it pulled every snapshot it loaded."""
+    events = [e for e in read_jsonl(finished_run["dir"] / "weights_sync.jsonl") if e["peer"] == "actor-remote"]
+    assert len(events) >= 2 and all(e["ok"] for e in events)
+    fetched = sorted((finished_run["dir"].parent / "remote-weights").glob("v*/READY"))
+    assert fetched, "no snapshot was fetched"
+    for ready in fetched:
+        ours = ready.parent / "manifest.json"
+        theirs = finished_run["dir"] / "weights" / ready.parent.name / "manifest.json"
+        if theirs.exists():
+            assert ours.read_bytes() == theirs.read_bytes()
+    assert finished_run["remote_rc"] == 0

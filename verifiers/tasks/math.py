@@ -1,0 +1,235 @@
+"""The `math` task: JSONL rows {"prompt", "answer"} (GSM8K / MATH style), math-verify scoring.
+
+Answer extraction (`extract_answer`), first that applies:
+  1. the content of the LAST `\\boxed{...}` (balanced braces; also `\\boxed x`);
+  2. the rest of the line after the LAST `#### ` (GSM8K; commas between digits, `$` and a
+     final `.` removed);
+  3. the last match of meta["pattern"] (a regex; group 1 if it has one, else the match).
+The extracted answer (at most MAX_ANSWER_CHARS, else reason "too_long") and the gold
+answer are parsed and compared with math-verify (`parse`, `verify`), whose timeouts use
+signal.alarm: `score` therefore must run in the MAIN THREAD of its process (it raises
+RuntimeError elsewhere). The verifier service's scorer workers call it that way.
+
+`MathPool` runs `score` in separate worker processes (`python -m verifiers.tasks.math
+--serve`, JSON lines over pipes, no pickle) with a per-job wall timeout: a job that
+overruns (e.g. a C-level computation an alarm cannot interrupt) gets reward 0 with reason
+"timeout", its worker is SIGKILLed and replaced, and other jobs on other workers go on.
+
+Does NOT: generate problems (JSONL only), or look at the reasoning, only the final answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+VERSION = "math-1"
+NAME = "math"
+MAX_ANSWER_CHARS = 512        # a longer extracted answer is "too_long" (never parsed)
+PARSE_TIMEOUT_S = 2           # math-verify parse timeout per expression (alarm, int s)
+VERIFY_TIMEOUT_S = 3          # math-verify verify timeout (alarm, int s)
+POOL_JOB_TIMEOUT_S = 10.0     # MathPool wall timeout per job, worker start excluded
+POOL_START_TIMEOUT_S = 120.0  # how long a new worker may take to import math-verify
+
+
+def _boxed(text: str) -> str | None:
+    i = text.rfind("\\boxed")
+    if i < 0:
+        return None
+    j = i + len("\\boxed")
+    while j < len(text) and text[j] == " ":
+        j += 1
+    if j < len(text) and text[j] == "{":
+        depth, k = 0, j
+        while k < len(text):
+            depth += {"{": 1, "}": -1}.get(text[k], 0)
+            if depth == 0:
+                return text[j + 1:k].strip()
+            k += 1
+        return None                          # unbalanced: no answer
+    m = re.match(r"[^\s$]+", text[j:])
+    return m.group(0) if m else None
+
+
+def extract_answer(completion: str, pattern: str | None = None) -> str | None:
+    """The final answer written in `completion`, or None (see module docstring)."""
+    boxed = _boxed(completion)
+    if boxed is not None:
+        return boxed
+    i = completion.rfind("####")
+    if i >= 0:
+        line = completion[i + 4:].split("\n", 1)[0].strip()
+        line = re.sub(r"(?<=\d),(?=\d)", "", line).replace("$", "").rstrip(".").strip()
+        return line or None
+    if pattern:
+        matches = list(re.finditer(pattern, completion))
+        if matches:
+            m = matches[-1]
+            return (m.group(1) if m.re.groups else m.group(0)).strip()
+    return None
+
+
+def _mv():
+    import math_verify   # imported lazily: sympy + antlr take ~1 s
+    import math_verify.errors
+    return math_verify
+
+
+def _math_expr(s: str) -> str:
+    return s if "$" in s or "\\boxed" in s else f"${s}$"
+
+
+def score(prompt: str, meta: dict, completion: str) -> dict:
+    """{"reward", "reason", "extracted"}; main thread only (math-verify uses SIGALRM)."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("math.score must run in a process's main thread "
+                           "(math-verify times out with signal.alarm); use MathPool")
+    if not isinstance(completion, str):
+        return {"reward": 0.0, "reason": "completion is not text", "extracted": None}
+    try:
+        answer = extract_answer(completion, meta.get("pattern"))
+    except re.error as e:
+        return {"reward": 0.0, "reason": f"bad pattern: {e}", "extracted": None}
+    if answer is None:
+        return {"reward": 0.0, "reason": "no_answer", "extracted": None}
+    if len(answer) > MAX_ANSWER_CHARS:
+        return {"reward": 0.0, "reason": "too_long", "extracted": answer[:64]}
+    mv = _mv()
+    try:
+        gold = mv.parse(_math_expr(str(meta["answer"])), parsing_timeout=PARSE_TIMEOUT_S,
+                        raise_on_error=True)
+        pred = mv.parse(_math_expr(answer), parsing_timeout=PARSE_TIMEOUT_S, raise_on_error=True)
+        if not gold:
+            return {"reward": 0.0, "reason": "gold answer does not parse", "extracted": answer}
+        if not pred:
+            return {"reward": 0.0, "reason": "answer does not parse", "extracted": answer}
+        ok = mv.verify(gold, pred, timeout_seconds=VERIFY_TIMEOUT_S, raise_on_error=True)
+    except mv.errors.TimeoutException:   # a BaseException: SIGALRM fired in math-verify
+        return {"reward": 0.0, "reason": "timeout", "extracted": answer}
+    except Exception as e:      # fault policy: math-verify errors are reward 0
+        return {"reward": 0.0, "reason": f"error: {type(e).__name__}", "extracted": answer}
+    return {"reward": 1.0 if ok else 0.0, "reason": "correct" if ok else "wrong_answer",
+            "extracted": answer}
+
+
+def load(path, pattern: str | None = None) -> list[dict]:
+    """Rows {"id", "prompt", "meta": {"answer"[, "pattern"]}} of a {"prompt","answer"} JSONL."""
+    from verifiers.tasks.jsonl import read_jsonl
+    rows = []
+    for r in read_jsonl(path, {"prompt": str, "answer": (str, int, float)}):
+        meta = {"answer": str(r["answer"])}
+        if pattern or r.get("pattern"):
+            meta["pattern"] = pattern or r["pattern"]
+        rows.append({"id": r.get("id") or "math-" + hashlib.sha1(r["prompt"].encode()).hexdigest()[:12],
+                     "prompt": r["prompt"], "meta": meta})
+    return rows
+
+
+class _Worker:
+    """One `--serve` process; JSON lines in, JSON lines out (own line buffer, no pickle)."""
+
+    def __init__(self):
+        self.p = subprocess.Popen([sys.executable, "-m", "verifiers.tasks.math", "--serve"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  start_new_session=True)
+        self.buf = bytearray()
+        self.ready = False
+
+    def send(self, obj: dict) -> None:
+        self.p.stdin.write(json.dumps(obj).encode() + b"\n")
+        self.p.stdin.flush()
+
+    def readline(self, timeout_s: float) -> bytes | None:
+        """The next line; None on timeout or if the worker died."""
+        deadline = time.monotonic() + timeout_s
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, rest = bytes(self.buf).partition(b"\n")
+        self.buf = bytearray(rest)
+        return line
+
+    def kill(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+        for f in (self.p.stdin, self.p.stdout):
+            f.close()
+
+
+class MathPool:
+    """`workers` scoring processes; `score` is thread-safe and returns within `timeout_s`
+    (plus, on a freshly started worker, up to POOL_START_TIMEOUT_S for its imports)."""
+
+    def __init__(self, workers: int = 2, timeout_s: float = POOL_JOB_TIMEOUT_S):
+        self.timeout_s = timeout_s
+        self.idle: queue.Queue[_Worker] = queue.Queue()
+        for _ in range(workers):
+            self.idle.put(_Worker())
+
+    def score(self, prompt: str, meta: dict, completion: str) -> dict:
+        w = self.idle.get()
+        try:
+            if not w.ready:
+                if w.readline(POOL_START_TIMEOUT_S) != b"ready":
+                    w = self._replace(w)
+                    return {"reward": 0.0, "reason": "worker_failed_to_start", "extracted": None}
+                w.ready = True
+            try:
+                w.send({"prompt": prompt, "meta": meta, "completion": completion})
+            except BrokenPipeError:
+                w = self._replace(w)
+                return {"reward": 0.0, "reason": "worker_died", "extracted": None}
+            line = w.readline(self.timeout_s)
+            if line is None:           # fault policy: overrun or crash -> reward 0, new worker
+                alive = w.p.poll() is None
+                w = self._replace(w)
+                return {"reward": 0.0, "reason": "timeout" if alive else "worker_died",
+                        "extracted": None}
+            return json.loads(line)
+        finally:
+            self.idle.put(w)
+
+    @staticmethod
+    def _replace(w: _Worker) -> _Worker:
+        w.kill()
+        return _Worker()
+
+    def close(self) -> None:
+        while not self.idle.empty():
+            self.idle.get().kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _serve():
+    _mv()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        print(json.dumps(score(job["prompt"], job["meta"], job["completion"])), flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    _serve()
