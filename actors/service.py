@@ -178,7 +178,7 @@ class Actor:
 
 
 async def serve(cfg, address: str, name: str, metrics_port: int) -> None:
-    server, _ = start_http_server(metrics_port, addr="127.0.0.1")
+    server, _ = start_http_server(metrics_port, addr=cfg.hub.metrics_addr)
     log.info("actor %s -> %s, metrics on :%d", name, address, server.server_port)
     actor = Actor(cfg, address, name)
     loop = asyncio.get_running_loop()

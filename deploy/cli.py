@@ -47,23 +47,26 @@ def ensure_bootstrap(cfg: RunConfig) -> Path:
     if cfg.model.folder or (folder / "bootstrap.json").exists():
         return folder
     print(f"no bootstrap model at {folder}: building it (a few minutes on 2 cores)", file=sys.stderr)
-    cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder)))
+    cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder), task=cfg.task.name))
     return folder
 
 
 def cmd_bootstrap(args) -> int:
     from learner.bootstrap import bootstrap
-    from verifiers.tasks import arith
+    from verifiers.tasks import TASKS, PROCEDURAL
 
-    out = Path(args.out)
+    if args.task not in PROCEDURAL:
+        raise ConfigError(f"bootstrap needs a procedural task ({', '.join(PROCEDURAL)}), got {args.task!r}")
+    task = TASKS[args.task]
+    out = Path(args.out or (".cache/scca/bootstrap-s0" if args.task == "arith" else f".cache/scca/bootstrap-{args.task}-s{args.seed}"))
     if (out / "bootstrap.json").exists():
         print(f"bootstrap model already at {out}: {(out / 'bootstrap.json').read_text()}")
         return 0
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    train = arith.generate(args.seed, 60_000, "train")
-    heldout = arith.generate(args.seed, 500, "heldout")
-    info = bootstrap(tmp, train, heldout, arith.score, seed=args.seed)
+    train = task.generate(args.seed, 60_000, "train")
+    heldout = task.generate(args.seed, 500, "heldout")
+    info = bootstrap(tmp, train, heldout, task.score, seed=args.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -141,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bootstrap", help="build and warm-start the tiny default model")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", default=".cache/scca/bootstrap-s0")
+    b.add_argument("--task", default="arith", help="procedural task to warm-start on (arith, countdown)")
+    b.add_argument("--out", help="default: .cache/scca/bootstrap-s0 (arith), .cache/scca/bootstrap-TASK-sSEED")
     r = sub.add_parser("run", help="run every service on this machine")
     r.add_argument("config", nargs="?")
     r.add_argument("--out")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 RATIO_EPS = 1e-8  # floor of mean s(correct) in the gate ratio

@@ -105,7 +105,7 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
         rewound = ledger.rewind(state["version"])
         parked = ledger.resume()
         log.info("resuming at step %d (v%d): %d rows rewound, %d re-dispatched", state["step"], state["version"], rewound, len(parked))
-    metrics_server, _ = start_http_server(cfg.hub.metrics_port, addr="127.0.0.1")
+    metrics_server, _ = start_http_server(cfg.hub.metrics_port, addr=cfg.hub.metrics_addr)
     inbox: queue.Queue = queue.Queue()
     hub = Hub(cfg, ledger, train_rows, heldout_rows, inbox, run_id=ledger.get_meta("run_id") or uuid.uuid4().hex[:12])
     ledger.set_meta("run_id", hub.run_id)

@@ -116,6 +116,11 @@ class HubConfig(_Section):
     work_lease_s: float = Field(120.0, gt=0, le=86400, description="Dispatched work not answered in time is re-dispatched.")
     verify_lease_s: float = Field(60.0, gt=0, le=86400, description="Verify jobs not answered in time are re-sent.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Learner /metrics port (0 = pick a free one).")
+    metrics_addr: str = Field(
+        "127.0.0.1",
+        description="Address every process's /metrics server binds (0.0.0.0 in containers, so Prometheus "
+        "on another host can scrape it).",
+    )
 
 
 class RunConfig(_Section):

@@ -10,13 +10,14 @@ Modes (`sandbox_mode()`, probed once, logged; force with SCCA_SANDBOX_MODE):
   "none"    neither works: `run_python` refuses (SandboxUnavailable) unless
             SCCA_ALLOW_UNSANDBOXED=1; then only rlimits and timeouts apply (same uid as
             the host, a temporary working directory, no namespaces, no filesystem guard).
-Every run is a fresh process tree: a trusted supervisor (see sandbox_runtime.py) starts a
-worker with rlimits (CPU, address space, processes, file size, open files, no core) and a
-stripped environment; when the supervisor is root in the init user namespace (bwrap or
-unshare as root) the worker gets a fresh per-run uid, so RLIMIT_NPROC binds (it does not
-for uid 0) and the worker can neither signal nor inspect the supervisor. The host enforces
-the wall clock and the stdout/stderr caps by SIGKILLing the sandbox's process group; the
-PID namespace dies with it, so no child survives (daemonised double forks included).
+Every run is a fresh process tree (sandbox_runtime.py): a trusted supervisor forks the
+worker before it reads anything secret; the worker drops to rlimits (CPU, address space,
+processes, file size, open files, no core), a new session, a stripped environment and,
+when the supervisor is root in the init user namespace (bwrap or unshare as root), a
+fresh per-run uid, so RLIMIT_NPROC binds (it does not for uid 0) and the worker can neither
+signal nor inspect the supervisor (as non-root the supervisor is non-dumpable instead).
+The host enforces the wall clock and the stdout/stderr caps by SIGKILLing the sandbox's
+process group; the PID namespace dies with it, so no child survives (double forks too).
 
 Anti-forgery harness (`run_tests`): the host rewrites the trusted tests (`plan_tests`):
   * `assert E == L` / `assert L == E` with L a literal  ->  `__scca_check__(k, E)`; the
@@ -44,14 +45,23 @@ What is not covered:
     sound: passing them needs the hidden values. `hidden_checks` in the verdict counts them.
   * Values in checked asserts must be builtin data (None, bool, int, float, complex, str,
     bytes, list, tuple, set, frozenset, dict); other objects fail the check.
+  * Tests must not call sys.exit (e.g. unittest.main() without exit=False): any exception
+    escaping the tests, SystemExit included, fails the run.
   * Memory is bounded per process (RLIMIT_AS) times the process limit; no cgroups.
   * Only the stdlib of the host's Python prefix is importable (-I -S, no site-packages).
+  * Mode "unshare" leaves the host filesystem readable where file permissions allow it
+    (a world-readable dataset holding expected values could be read by a determined
+    program); /root-like private trees, /tmp, /var/tmp and /dev/shm are hidden.
+  * As non-root, the worker keeps the host uid: RLIMIT_NPROC counts all of that user's
+    processes, and the supervisor is protected by being non-dumpable, not by a uid.
+  * Mode "none" is best effort: a program that calls setsid() itself escapes cleanup.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import functools
+import json
 import logging
 import os
 import secrets
@@ -64,11 +74,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from verifiers.sandbox_runtime import encode_value
+from verifiers.sandbox_verdict import encode_value
 
 log = logging.getLogger(__name__)
 
-RUNTIME_SRC = (Path(__file__).parent / "sandbox_runtime.py").read_text()
+# The script the sandbox runs: the pure verdict code, then the supervisor/worker code.
+RUNTIME_SRC = "\n".join((Path(__file__).parent / f).read_text()
+                        for f in ("sandbox_verdict.py", "sandbox_runtime.py"))
 WORKER_UID_BASE = 2_000_000        # per-run uids are drawn from [BASE, BASE + SPAN)
 WORKER_UID_SPAN = 1_000_000
 READ_CHUNK = 65536
@@ -118,7 +130,7 @@ def _privileged() -> bool:
     return os.geteuid() == 0
 
 
-def _bwrap_argv() -> list[str]:
+def _bwrap_argv(limits: Limits) -> list[str]:
     exe, prefix = _python()
     a = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
          "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
@@ -135,18 +147,20 @@ def _bwrap_argv() -> list[str]:
             a += ["--perms", "0755", "--dir", str(Path(*parts[:i]))]
         a += ["--ro-bind", root, root]
     a += ["--proc", "/proc", "--dev", "/dev",
-          "--perms", "1777", "--size", str(DEFAULT_LIMITS.tmpfs_bytes), "--tmpfs", "/tmp",
+          "--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
           "--chdir", "/tmp"]
     return a
 
 
-def _unshare_argv() -> list[str]:
+def _unshare_argv(limits: Limits) -> list[str]:
     return ["unshare", "--fork", "--pid", "--mount-proc", "--net", "--ipc", "--uts",
             "--kill-child"]
 
 
-def _prefix_argv(mode: str) -> list[str]:
-    return {"bwrap": _bwrap_argv, "unshare": _unshare_argv, "none": list}[mode]()
+def _prefix_argv(mode: str, limits: Limits = DEFAULT_LIMITS) -> list[str]:
+    if mode == "none":
+        return []
+    return {"bwrap": _bwrap_argv, "unshare": _unshare_argv}[mode](limits)
 
 
 def _probe(mode: str) -> bool:
@@ -188,7 +202,7 @@ def _job_base(kind: str, code: str, limits: Limits, mode: str) -> dict:
     if _privileged() and mode != "none":
         uid = WORKER_UID_BASE + secrets.randbelow(WORKER_UID_SPAN)
     return {"kind": kind, "code": code, "limits": dataclasses.asdict(limits),
-            "worker_uid": uid, "runtime_src": RUNTIME_SRC, "pidns": mode != "none",
+            "worker_uid": uid, "pidns": mode != "none",
             "workdir": "/tmp/work" if mode != "none" else tempfile.mkdtemp(prefix="scca-sbx-"),
             "tmpfs_mounts": [p for p in ("/tmp", "/var/tmp", "/dev/shm")
                              if mode == "unshare" and os.path.isdir(p)],
@@ -204,8 +218,7 @@ def _kill_group(p: subprocess.Popen) -> None:
 
 def _execute(job: dict, limits: Limits, mode: str, label: str) -> RunResult:
     """Start the supervisor in `mode`, feed it `job`, collect capped output, enforce wall."""
-    import json
-    argv = _prefix_argv(mode) + [_python()[0], "-I", "-S", "-B", "-c", RUNTIME_SRC,
+    argv = _prefix_argv(mode, limits) + [_python()[0], "-I", "-S", "-B", "-c", RUNTIME_SRC,
                                  "supervisor", label]
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -264,6 +277,8 @@ def _execute(job: dict, limits: Limits, mode: str, label: str) -> RunResult:
         for f in (p.stdin, p.stdout, p.stderr):
             if not f.closed:
                 f.close()
+        if mode == "none":
+            shutil.rmtree(job["workdir"], ignore_errors=True)
     return RunResult(returncode=rc, stdout=bufs[out_fd].decode(errors="replace"),
                      stderr=bufs[err_fd].decode(errors="replace"), timed_out=timed_out,
                      wall_s=time.monotonic() - t0, truncated=truncated, mode=mode)
@@ -274,16 +289,13 @@ def run_python(code: str, *, stdin: str = "", limits: Limits = DEFAULT_LIMITS,
     """Run `code` as a fresh sandboxed Python program (`python -I -S -B`), feeding `stdin`.
 
     `label` is a public tag placed on the sandbox processes' command lines (tests use it
-    to look for strays). The return code is the program's (128+signal when killed).
+    to look for strays). The return code is the program's (128+N when signal N killed
+    it inside the sandbox; negative when the host killed the sandbox: wall or output cap).
     """
     mode = sandbox_mode()
     job = _job_base("run", code, limits, mode)
     job["stdin"] = stdin
-    try:
-        return _execute(job, limits, mode, label)
-    finally:
-        if mode == "none":
-            shutil.rmtree(job["workdir"], ignore_errors=True)
+    return _execute(job, limits, mode, label)
 
 
 class _Rewriter(ast.NodeTransformer):
@@ -302,12 +314,12 @@ class _Rewriter(ast.NodeTransformer):
         if isinstance(t, ast.Compare) and len(t.ops) == 1:
             left, op, right = t.left, t.ops[0], t.comparators[0]
             if isinstance(op, ast.Eq):
-                lits = [_literal(left), _literal(right)]
-                if lits[1] is not _NOT and lits[0] is _NOT:
-                    return self._call("__scca_check__", [left], _eq(lits[1]))
-                if lits[0] is not _NOT and lits[1] is _NOT:
-                    return self._call("__scca_check__", [right], _eq(lits[0]))
-                if lits[0] is _NOT and lits[1] is _NOT:
+                lit_l, lit_r = _literal(left), _literal(right)
+                if (lit_l is _NOT) != (lit_r is _NOT):         # exactly one side literal
+                    expr, lit = (left, lit_r) if lit_l is _NOT else (right, lit_l)
+                    return self._call("__scca_check__", [expr], {
+                        "op": "eq", "value": encode_value(lit), "required": True})
+                if lit_l is _NOT:
                     return self._call("__scca_pair__", [left, right],
                                       {"op": "pair", "required": False})
             if (isinstance(op, ast.Is) and isinstance(right, ast.Constant)
@@ -328,10 +340,6 @@ def _literal(node: ast.expr):
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return _NOT
-
-
-def _eq(value) -> dict:
-    return {"op": "eq", "value": encode_value(value), "required": True}
 
 
 def plan_tests(tests_code: str) -> tuple[str, list[dict]]:
@@ -356,8 +364,6 @@ def run_tests(solution_code: str, tests_code: str, limits: Limits = DEFAULT_LIMI
     job = _job_base("tests", solution_code, limits, mode)
     job.update(nonce=nonce, tests=worker_tests, checks=checks)
     r = _execute(job, limits, mode, label)
-    if mode == "none":
-        shutil.rmtree(job["workdir"], ignore_errors=True)
     lines = r.stdout.rstrip("\n").split("\n")
     passed = (lines[-1] == nonce and r.returncode == 0 and not r.timed_out
               and not r.truncated)
@@ -382,13 +388,10 @@ def run_tests(solution_code: str, tests_code: str, limits: Limits = DEFAULT_LIMI
 def stray_processes(label: str) -> list[int]:
     """Host pids whose command line contains `label` (reads /proc; no psutil)."""
     found = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
+    for d in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+            if int(d) != os.getpid() and label.encode() in Path(f"/proc/{d}/cmdline").read_bytes():
+                found.append(int(d))
         except OSError:
-            continue
-        if label.encode() in cmd:
-            found.append(int(d))
+            pass
     return found

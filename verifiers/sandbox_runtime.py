@@ -1,25 +1,27 @@
 """Code that runs INSIDE the sandbox: the trusted supervisor and the untrusted worker.
 
 Stdlib only. The host (verifiers/sandbox.py) reads this file's text and starts it as
-`python -I -S -B -c <source> supervisor LABEL` inside bubblewrap / unshare; the
-supervisor starts the worker the same way (`... worker LABEL JOB_FD RESULT_FD`).
-The host also imports `encode_value` / `decode_value` from here to ship expected values.
+`python -I -S -B -c <source> supervisor LABEL` inside bubblewrap / unshare (LABEL is a
+public tag on the command line). The host also imports `encode_value` / `decode_value`
+and `judge` from here.
 
 Supervisor (trusted, never runs model code):
-  1. reads its job (JSON) from stdin: the nonce, the model code, the rewritten tests, the
-     expected values of the hidden checks, limits, the worker uid;
-  2. marks itself non-dumpable (so a same-uid worker cannot read its memory or fds via
-     /proc or ptrace), then fork+execs the worker with rlimits and, when it is root in
-     the init user namespace, a fresh per-run uid (so RLIMIT_NPROC binds and it cannot
-     touch the supervisor at all). exec wipes the supervisor's memory from the worker;
+  1. FIRST forks the worker, before reading anything: the worker's copy of memory holds
+     no secret, and it closes the host's stdin pipe at once;
+  2. reads its job (JSON) from stdin: the nonce, the model code, the rewritten tests, the
+     expected values of the hidden checks, limits, the worker uid; marks itself
+     non-dumpable (a same-uid worker cannot read its memory or fds via /proc or ptrace);
+     sends the worker only what it may see (code, rewritten tests, uid, limits);
   3. waits for the worker, kills every other process in the PID namespace and waits until
      they are gone (so nothing can write after the verdict), then judges the records the
-     worker wrote to RESULT_FD against the expected values it alone holds;
+     worker wrote to its result pipe against the expected values it alone holds;
   4. writes "\\n<nonce>\\n" as the last stdout line iff everything passed, else
      "\\nscca-fail: <reason>\\n".
 
-Worker (runs model code): execs the solution, then the rewritten tests in the same
-namespace; `__scca_check__(k, value)` writes {"k", "v": encode_value(value)} records.
+Worker (runs model code): drops to the per-run uid (when the supervisor is root in the
+init user namespace) with rlimits and a new session, then runs the solution and the
+rewritten tests in one namespace; `__scca_check__(k, value)` writes
+{"k", "v": encode_value(value)} records. Kind "run" just runs a program like `python -c`.
 
 Not done here: judging what the host cannot see; the host trusts only the nonce line.
 """
@@ -30,101 +32,15 @@ import signal
 import sys
 import time
 
-MAX_DEPTH = 64            # nesting limit of encoded values
+try:                 # on the host; in the sandbox sandbox_verdict.py's source is prepended
+    from verifiers.sandbox_verdict import encode_value, judge
+except ImportError:
+    pass
+
 CLEANUP_TIMEOUT_S = 2.0   # how long the supervisor waits for killed processes to vanish
-PR_SET_DUMPABLE = 4
+POLL_S = 0.01             # worker-exit polling interval where pidfd_open is missing
+PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 4, 1
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MNT_DETACH = 2, 4, 4096, 16384, 2
-
-
-class Unencodable:
-    """Decoded stand-in for a value that is not builtin data: equal to nothing, falsy."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __eq__(self, other):
-        return False
-
-    def __ne__(self, other):
-        return True
-
-    def __bool__(self):
-        return False
-
-    __hash__ = object.__hash__
-
-
-def encode_value(v, depth=0):
-    """Type-tagged, exact JSON form of builtin data (exact type checks: no subclasses)."""
-    t = type(v)
-    if depth > MAX_DEPTH:
-        return ["?", "too_deep"]
-    if v is None:
-        return ["N"]
-    if t is bool:
-        return ["b", v]
-    if t is int:
-        return ["i", hex(v)]
-    if t is float:
-        return ["f", v.hex()]
-    if t is complex:
-        return ["c", v.real.hex(), v.imag.hex()]
-    if t is str:
-        return ["s", v]
-    if t is bytes:
-        return ["B", v.hex()]
-    if t in (list, tuple, set, frozenset):
-        tag = {list: "l", tuple: "t", set: "S", frozenset: "F"}[t]
-        return [tag, [encode_value(x, depth + 1) for x in v]]
-    if t is dict:
-        return ["d", [[encode_value(k, depth + 1), encode_value(x, depth + 1)] for k, x in v.items()]]
-    return ["?", t.__name__ if type(t.__name__) is str else "object"]
-
-
-def decode_value(e, depth=0):
-    """Inverse of encode_value; builds fresh builtin objects (raises on malformed input)."""
-    if depth > MAX_DEPTH + 1 or type(e) is not list or not e:
-        raise ValueError("malformed value")
-    tag = e[0]
-    if tag == "N":
-        return None
-    if tag == "b" and type(e[1]) is bool:
-        return e[1]
-    if tag == "i":
-        return int(e[1], 16)
-    if tag == "f":
-        return float.fromhex(e[1])
-    if tag == "c":
-        return complex(float.fromhex(e[1]), float.fromhex(e[2]))
-    if tag == "s" and type(e[1]) is str:
-        return e[1]
-    if tag == "B":
-        return bytes.fromhex(e[1])
-    if tag in ("l", "t", "S", "F"):
-        items = [decode_value(x, depth + 1) for x in e[1]]
-        return {"l": list, "t": tuple, "S": set, "F": frozenset}[tag](items)
-    if tag == "d":
-        return {decode_value(k, depth + 1): decode_value(x, depth + 1) for k, x in e[1]}
-    if tag == "?":
-        return Unencodable(str(e[1]))
-    raise ValueError("malformed value")
-
-
-def satisfied(spec, value):
-    """Does the decoded `value` meet the check `spec`? Only builtin objects compared."""
-    op = spec["op"]
-    if op == "eq":
-        expected = decode_value(spec["value"])
-        return not isinstance(value, Unencodable) and value == expected
-    if op == "is":
-        return value is decode_value(spec["value"])
-    if op == "pair":      # value is the [left, right] pair, both decoded
-        return not any(isinstance(x, Unencodable) for x in value) and value[0] == value[1]
-    if op == "truthy":
-        return not isinstance(value, Unencodable) and bool(value)
-    if op == "falsy":
-        return not isinstance(value, Unencodable) and not bool(value)
-    raise ValueError("unknown op %r" % op)
 
 
 # ---------------------------------------------------------------------------- supervisor
@@ -195,7 +111,7 @@ def _others(pidns, uid):
 
 def _kill_all_others(pidns, uid, worker_pid):
     """Kill the worker's leftovers and wait until they are gone (True) or give up (False)."""
-    if not pidns and uid is None:         # mode "none", not root: the worker's group only
+    if not pidns:                         # mode "none": the worker's process group only
         try:
             os.killpg(worker_pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -221,47 +137,51 @@ def _kill_all_others(pidns, uid, worker_pid):
         time.sleep(0.002)
 
 
-def _start_worker(argv, env, uid, lim, workdir, keep_fds):
-    """fork + execve the worker with its uid and rlimits; returns (pid, stdin write fd)."""
+def _drop_privileges(uid, lim, workdir, env, pidns):
+    """In the forked worker, before any model code: new session, per-run uid, rlimits.
+    Without a PID namespace (mode "none", best effort) the worker gets its own process
+    group, which the supervisor kills, and dies with the supervisor (PR_SET_PDEATHSIG)."""
     import resource as R
+    if pidns:
+        os.setsid()
+    else:
+        import ctypes
+        os.setpgid(0, 0)
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    R.setrlimit(R.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+    R.setrlimit(R.RLIMIT_AS, (lim["address_space_bytes"],) * 2)
+    R.setrlimit(R.RLIMIT_NPROC, (lim["nproc"],) * 2)
+    R.setrlimit(R.RLIMIT_FSIZE, (lim["file_size_bytes"],) * 2)
+    R.setrlimit(R.RLIMIT_NOFILE, (lim["nofile"],) * 2)
+    R.setrlimit(R.RLIMIT_CORE, (0, 0))
+    os.chdir(workdir)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv[:] = ["-c"]
+
+
+def supervise():
+    """See the module docstring. The worker is forked FIRST, before any secret is read."""
+    import select
+    job_r, job_w = os.pipe()
+    res_r, res_w = os.pipe()
     in_r, in_w = os.pipe()
     pid = os.fork()
-    if pid:
-        os.close(in_r)
-        return pid, in_w
-    try:                                  # child: trusted code until execve
-        os.dup2(in_r, 0)
-        os.closerange(3, min(keep_fds))
-        for fd in range(min(keep_fds), 1024):
-            if fd not in keep_fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        for fd in keep_fds:
-            os.set_inheritable(fd, True)
-        os.setsid()
-        if uid is not None:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-        R.setrlimit(R.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
-        R.setrlimit(R.RLIMIT_AS, (lim["address_space_bytes"],) * 2)
-        R.setrlimit(R.RLIMIT_NPROC, (lim["nproc"],) * 2)
-        R.setrlimit(R.RLIMIT_FSIZE, (lim["file_size_bytes"],) * 2)
-        R.setrlimit(R.RLIMIT_NOFILE, (lim["nofile"],) * 2)
-        R.setrlimit(R.RLIMIT_CORE, (0, 0))
-        os.chdir(workdir)
-        os.execve(argv[0], argv, env)
-    except BaseException as e:
-        os.write(2, ("sandbox: worker start failed: %r\n" % (e,)).encode())
-    os._exit(127)
-
-
-def supervise(label):
-    import select
+    if pid == 0:                     # worker: drop the host's stdin (secrets come there)
+        try:
+            os.dup2(in_r, 0)
+            for fd in (in_r, in_w, job_w, res_r):
+                os.close(fd)
+            work(job_r, res_w)
+        finally:
+            os._exit(127)
+    for fd in (job_r, res_w, in_r):
+        os.close(fd)
     job = json.loads(sys.stdin.buffer.read())
-    sys.stdin.close()
     _set_nondumpable()
     lim, uid = job["limits"], job["worker_uid"]
     for path in job["tmpfs_mounts"]:
@@ -272,16 +192,14 @@ def supervise(label):
     os.makedirs(workdir, exist_ok=True)
     if uid is not None:
         os.chown(workdir, uid, uid)
-    job_r, job_w = os.pipe()
-    res_r, res_w = os.pipe()
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": "/tmp"}
-    argv = [sys.executable, "-I", "-S", "-B", "-c", job["runtime_src"], "worker", label,
-            str(job_r), str(res_w)]
-    wjob = json.dumps({"kind": job["kind"], "code": job["code"], "tests": job.get("tests", "")})
-    pid, in_w = _start_worker(argv, env, uid, lim, workdir, (job_r, res_w))
-    os.close(job_r)
-    os.close(res_w)
-    pidfd = os.pidfd_open(pid)
+    wjob = json.dumps({"kind": job["kind"], "code": job["code"], "tests": job.get("tests", ""),
+                       "uid": uid, "limits": lim, "workdir": workdir, "env": env,
+                       "pidns": job["pidns"]})
+    try:
+        pidfd = os.pidfd_open(pid)          # readable when the worker exits (Linux >= 5.3)
+    except (AttributeError, OSError):
+        pidfd = None                        # older kernels: poll waitpid every POLL_S
     pending = {job_w: memoryview(wjob.encode()), in_w: memoryview(job.get("stdin", "").encode())}
     for fd in pending:
         os.set_blocking(fd, False)
@@ -290,7 +208,8 @@ def supervise(label):
         for fd in [fd for fd, buf in pending.items() if not buf]:
             os.close(fd)
             del pending[fd]
-        rd, wr, _ = select.select([pidfd] + ([res_r] if res_r >= 0 else []), list(pending), [])
+        rd, wr, _ = select.select([fd for fd in (pidfd, res_r) if fd is not None and fd >= 0],
+                                  list(pending), [], None if pidfd is not None else POLL_S)
         for fd in wr:
             try:
                 pending[fd] = pending[fd][os.write(fd, pending[fd][:65536]):]
@@ -303,8 +222,9 @@ def supervise(label):
             if total < 0:
                 os.close(res_r)
                 res_r = -1
-        if pidfd in rd:
-            status = os.waitpid(pid, 0)[1]
+        if pidfd is None or pidfd in rd:
+            done_pid, st = os.waitpid(pid, 0 if pidfd is not None else os.WNOHANG)
+            status = st if done_pid == pid else None
     for fd in pending:
         os.close(fd)
     clean = _kill_all_others(job["pidns"], uid, pid)
@@ -332,67 +252,55 @@ def _take(fd, chunks, total, cap):
     return total
 
 
-def judge(rc, raw, checks, clean):
-    """Verdict string from the worker's exit code and records; "pass" iff all hold."""
-    if not clean:
-        return "cleanup_failed"
-    records, done, error = [], False, None
-    for line in raw.split(b"\n"):
-        if not line:
-            continue
-        try:
-            r = json.loads(line)
-        except (ValueError, RecursionError):
-            return "bad_record"
-        if type(r) is not dict:
-            return "bad_record"
-        if r.get("done") is True:
-            done = True
-        elif "error" in r:
-            error = str(r["error"])[:200]
-        else:
-            records.append(r)
-    seen = set()
-    for r in records:
-        k = r.get("k")
-        if type(k) is not int or not 0 <= k < len(checks):
-            return "bad_record"
-        spec = checks[k]
-        try:
-            value = decode_value(r.get("v"))
-            if spec["op"] == "pair":
-                value = [value[0], value[1]] if type(value) is list and len(value) == 2 else None
-                if value is None:
-                    return "bad_record"
-            ok = satisfied(spec, value)
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError):
-            return "bad_record"
-        if not ok:
-            return "wrong_answer (check %d)" % k
-        seen.add(k)
-    if error is not None:
-        return "error: " + error
-    if rc != 0:
-        return "exit_status %d" % rc
-    if not done:
-        return "tests_not_finished"
-    missing = [k for k, s in enumerate(checks) if s["required"] and k not in seen]
-    if missing:
-        return "check_not_run (check %d)" % missing[0]
-    return "pass"
-
-
 # ---------------------------------------------------------------------------- worker
 
+def _exit_status(e):
+    """Exit status of an uncaught exception, as the interpreter would report it."""
+    if isinstance(e, SystemExit):
+        if e.code is None:
+            return 0
+        if isinstance(e.code, int):
+            return e.code & 0xFF
+        print(e.code, file=sys.stderr)
+        return 1
+    import traceback
+    traceback.print_exception(e)
+    return 1
+
+
+def _run_program(code, g):
+    """Kind "run": behave like `python -c code` (atexit hooks, non-daemon threads)."""
+    status = 0
+    try:
+        exec(compile(code, "<program>", "exec"), g)
+        if "threading" in sys.modules:
+            import threading
+            for t in threading.enumerate():
+                if t is not threading.main_thread() and not t.daemon:
+                    t.join()
+    except BaseException as e:
+        status = _exit_status(e)
+    import atexit
+    atexit._run_exitfuncs()
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
 def work(job_fd, result_fd):
+    """The forked worker: read its job, drop privileges, run model code; never returns."""
     with os.fdopen(job_fd, "rb") as f:
         job = json.loads(f.read())
+    _drop_privileges(job["uid"], job["limits"], job["workdir"], job["env"], job["pidns"])
     g = {"__name__": "__main__", "__builtins__": builtins}
     if job["kind"] == "run":
         os.close(result_fd)
-        exec(compile(job["code"], "<program>", "exec"), g)
-        return
+        _run_program(job["code"], g)
     out = os.fdopen(result_fd, "w", buffering=1)
+    del job_fd, f
 
     def finish(record, code):
         try:
@@ -409,7 +317,9 @@ def work(job_fd, result_fd):
     def pair(k, left, right):
         out.write(json.dumps({"k": k, "v": ["l", [encode_value(left), encode_value(right)]]}) + "\n")
 
-    for stage, src in (("solution", job["code"]), ("tests", job["tests"])):
+    code, tests = job["code"], job["tests"]
+    del job
+    for stage, src in (("solution", code), ("tests", tests)):
         if stage == "tests":
             g["__scca_check__"], g["__scca_pair__"] = check, pair
         try:
@@ -419,8 +329,5 @@ def work(job_fd, result_fd):
     finish({"done": True}, 0)
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "supervisor":
-        supervise(sys.argv[2])
-    elif sys.argv[1] == "worker":
-        work(int(sys.argv[3]), int(sys.argv[4]))
+if __name__ == "__main__" and sys.argv[1:2] == ["supervisor"]:
+    supervise()

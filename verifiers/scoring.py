@@ -10,16 +10,20 @@ caching, no sandboxing (tasks that execute code use `verifiers.sandbox`).
 
 from __future__ import annotations
 
-import importlib
+from verifiers.tasks import TASKS
 
-TASK_NAMES = ("arith", "countdown", "math", "code")
+TASK_NAMES = tuple(TASKS)
 DETAIL_STR_CAP = 500  # detail strings are cut to this many characters
 
 
 def _task(name: str):
-    if name not in TASK_NAMES:
+    if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
-    return importlib.import_module(f"verifiers.tasks.{name}")
+    return TASKS[name]
+
+
+def task_version(name: str) -> str:
+    return _task(name).VERSION
 
 
 def _clean(detail: dict) -> dict:

@@ -16,17 +16,22 @@ to actors.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from protocol.transport import DealerEndpoint
-from verifiers.scoring import TASK_NAMES, score_many
+from verifiers.sandbox import sandbox_mode
+from verifiers.scoring import TASK_NAMES, score_many, task_version
 
 log = logging.getLogger("scca.verifier")
 
@@ -38,9 +43,33 @@ REWARD = Gauge(P + "reward_mean", "Mean reward of the last job")
 PASSED = Counter(P + "samples_passed_total", "Completions with reward 1")
 SCORED = Counter(P + "samples_scored_total", "Completions scored")
 LEARNER_UP = Gauge(P + "learner_alive", "1 while the learner answers")
+CACHE_HITS = Counter(P + "cache_hits_total", "Completions answered from the verdict cache")
+SANDBOX = Gauge(P + "sandbox_mode", "1 for the sandbox mode this verifier runs code in", ["mode"])
 
 RECV_POLL_S = 0.5
 JOB_TIMEOUT_S = 30.0  # a whole job (all completions of one group) past this gets reward 0
+CACHE_MAX = 100_000  # verdicts kept (oldest evicted first)
+
+
+class VerdictCache:
+    """(task version, prompt, meta, completion) -> (reward, detail); bounded, oldest out first."""
+
+    def __init__(self, max_items: int = CACHE_MAX):
+        self.max_items = max_items
+        self.items: collections.OrderedDict[str, tuple[float, dict]] = collections.OrderedDict()
+
+    @staticmethod
+    def key(version: str, prompt: str, meta: dict, completion: str) -> str:
+        blob = json.dumps([version, prompt, meta, completion], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def get(self, key: str) -> tuple[float, dict] | None:
+        return self.items.get(key)
+
+    def put(self, key: str, value: tuple[float, dict]) -> None:
+        self.items[key] = value
+        while len(self.items) > self.max_items:
+            self.items.popitem(last=False)
 
 
 def _new_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
@@ -61,6 +90,10 @@ class Verifier:
         self.pool = _new_pool(workers)
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
+        self.cache = VerdictCache()
+        self.mode = sandbox_mode()
+        SANDBOX.labels(self.mode).set(1)
+        log.info("sandbox mode: %s", self.mode)
 
     async def run(self) -> None:
         self.ep.start_heartbeats()
@@ -86,25 +119,53 @@ class Verifier:
             _kill_pool(self.pool)
 
     async def say_hello(self) -> None:
-        caps = {"tasks": ",".join(TASK_NAMES), "slots": self.cfg.verifier.slots, "pid": os.getpid()}
+        caps = {"tasks": ",".join(TASK_NAMES), "slots": self.cfg.verifier.slots, "pid": os.getpid(),
+                "sandbox": self.mode}
         await self.ep.send("hello", role="verifier", name=self.name, capabilities=caps)
         await self.ep.send("work_request", slots=self.cfg.verifier.slots)
 
     async def verify(self, job: dict) -> None:
+        """Score a job: cached verdicts first, the rest in the pool under the job timeout."""
         t = time.perf_counter()
-        loop = asyncio.get_running_loop()
         n = len(job["completions"])
-        fut = loop.run_in_executor(self.pool, score_many, job["task"], job["prompt"], job["meta"], job["completions"])
         try:
-            rewards, details, version = await asyncio.wait_for(fut, JOB_TIMEOUT_S)
-        except asyncio.TimeoutError:  # fault policy: reward 0, replace the stuck pool
+            version = f"{task_version(job['task'])}/{self.mode}"
+        except ValueError as exc:  # unknown task: the learner is told, nothing is scored
+            await self.ep.send("error", code="bad_job", message=f"{job['job_id']}: {exc}"[:1000])
+            await self.answer(job, [0.0] * n, [{"reason": "bad_job"}] * n, "error", t)
+            return
+        keys = [VerdictCache.key(version, job["prompt"], job["meta"], c) for c in job["completions"]]
+        found = [self.cache.get(k) for k in keys]
+        misses = [i for i, v in enumerate(found) if v is None]
+        CACHE_HITS.inc(n - len(misses))
+        if misses:
+            scored = await self.score(job, [job["completions"][i] for i in misses])
+            for i, value in zip(misses, scored):
+                found[i] = value
+                if value[1].get("reason") != "timeout":
+                    self.cache.put(keys[i], value)
+        details = [{**d, "sandbox": self.mode} for _, d in found]
+        await self.answer(job, [r for r, _ in found], details, version, t)
+
+    async def score(self, job: dict, completions: list[str], retries: int = 1) -> list[tuple[float, dict]]:
+        loop = asyncio.get_running_loop()
+        pool = self.pool
+        fut = loop.run_in_executor(pool, score_many, job["task"], job["prompt"], job["meta"], completions)
+        try:
+            rewards, details, _ = await asyncio.wait_for(fut, JOB_TIMEOUT_S)
+            return list(zip(rewards, details))
+        except BrokenProcessPool:  # another job's timeout replaced the pool under us: once more
+            if retries == 0 or pool is self.pool:
+                raise
+            return await self.score(job, completions, retries - 1)
+        except asyncio.TimeoutError:  # fault policy: reward 0 with a reason, replace the stuck pool
             TIMEOUTS.inc()
             old, self.pool = self.pool, _new_pool(self.workers)
             _kill_pool(old)
-            rewards, details, version = [0.0] * n, [{"reason": "timeout"}] * n, "timeout"
-        except ValueError as exc:  # unknown task or malformed meta: the learner is told, nothing is scored
-            await self.ep.send("error", code="bad_job", message=f"{job['job_id']}: {exc}"[:1000])
-            rewards, details, version = [0.0] * n, [{"reason": "bad_job"}] * n, "error"
+            return [(0.0, {"reason": "timeout"})] * len(completions)
+
+    async def answer(self, job: dict, rewards: list[float], details: list[dict], version: str, t: float) -> None:
+        n = len(rewards)
         LATENCY.observe(time.perf_counter() - t)
         JOBS.labels(job["task"]).inc()
         SCORED.inc(n)
@@ -114,7 +175,7 @@ class Verifier:
 
 
 async def serve(cfg, address: str, name: str, metrics_port: int, workers: int) -> None:
-    server, _ = start_http_server(metrics_port, addr="127.0.0.1")
+    server, _ = start_http_server(metrics_port, addr=cfg.hub.metrics_addr)
     log.info("verifier %s -> %s, metrics on :%d", name, address, server.server_port)
     verifier = Verifier(cfg, address, name, workers)
     loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verifiers import sandbox as S
-from verifiers import sandbox_runtime as R
+from verifiers import sandbox_verdict as R
 
 LIM = S.Limits(wall_s=8.0, cpu_s=3, address_space_bytes=512 << 20, nproc=16,
                file_size_bytes=1 << 20)

@@ -33,6 +33,17 @@ TASKS = {
                      "import sys\nprint('PASSED', end='')\nsys.stderr.write('noise')\ndef add(a, b):\n    print('called', a, b)\n    return a + b\n"),
 }
 
+# Prepended to programs that use FD: finds the worker's result pipe the way an attacker
+# would (any write end of a pipe above stderr), since nothing hands it to the program.
+FIND_RESULT_FD = (
+    "import os as _os\n"
+    "def _pipe(f):\n"
+    "    try:\n"
+    "        return int(f) > 2 and _os.readlink('/proc/self/fd/' + f).startswith('pipe:')\n"
+    "    except OSError:\n"
+    "        return False\n"
+    "FD = [int(f) for f in _os.listdir('/proc/self/fd') if _pipe(f)][-1]\n")
+
 ALWAYS_EQ = "class Yes:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n    def __bool__(self):\n        return True\n"
 
 # name -> (task, program, expected reason prefix)
@@ -53,10 +64,10 @@ CHEATS = {
     "patched_type_builtin": ("add", "import builtins\nclass N:\n    def __index__(self):\n        return 12345\nbuiltins.type = lambda x: int\ndef add(a, b):\n    return N()\n", "wrong_answer (check 0)"),
     "forged_pass_lines": ("add", "import secrets\nfor _ in range(100):\n    print(secrets.token_hex(16))\nprint('PASSED\\nALL TESTS PASSED\\nok')\n", "error: tests: NameError"),
     "forged_pass_in_call": ("add", "import os, secrets\ndef add(a, b):\n    print('\\n' + secrets.token_hex(16))\n    os._exit(0)\n", "tests_not_finished"),
-    "forged_done_record": ("add", "import os\nos.write(int(__import__('sys').argv[4]), b'{\"done\": true}\\n')\nos._exit(0)\n", "check_not_run (check 0)"),
-    "forged_guess_records": ("add", "import os, sys, json\nfd = int(sys.argv[4])\nfor k in range(3):\n    os.write(fd, (json.dumps({'k': k, 'v': ['i', '0x0']}) + '\\n').encode())\nos.write(fd, b'{\"done\": true}\\n')\nos._exit(0)\n", "wrong_answer (check 0)"),
-    "forged_garbage_records": ("add", "import os, sys\nos.write(int(sys.argv[4]), b'{\"k\": 0, \"v\": [\"i\", \"zz\"]}\\n{\"done\": true}\\n')\nos._exit(0)\n", "bad_record"),
-    "flood_result_fd": ("add", "import os, sys\nfd = int(sys.argv[4])\nfor _ in range(200):\n    os.write(fd, b'{\"done\": true}' * 2000 + b'\\n')\nos._exit(0)\n", "bad_record"),
+    "forged_done_record": ("add", "import os\nos.write(FD, b'{\"done\": true}\\n')\nos._exit(0)\n", "check_not_run (check 0)"),
+    "forged_guess_records": ("add", "import os, sys, json\nfd = FD\nfor k in range(3):\n    os.write(fd, (json.dumps({'k': k, 'v': ['i', '0x0']}) + '\\n').encode())\nos.write(fd, b'{\"done\": true}\\n')\nos._exit(0)\n", "wrong_answer (check 0)"),
+    "forged_garbage_records": ("add", "import os, sys\nos.write(FD, b'{\"k\": 0, \"v\": [\"i\", \"zz\"]}\\n{\"done\": true}\\n')\nos._exit(0)\n", "bad_record"),
+    "flood_result_fd": ("add", "import os, sys\nfd = FD\nfor _ in range(200):\n    os.write(fd, b'{\"done\": true}' * 2000 + b'\\n')\nos._exit(0)\n", "bad_record"),
     "patch_harness_via_main": ("add", "import sys\nm = sys.modules['__main__']\nm.encode_value = lambda v, d=0: ['i', '0x3']\nm.satisfied = lambda *a: True\nm.judge = lambda *a: 'pass'\ndef add(a, b):\n    return 0\n", "wrong_answer (check 1)"),
     "patch_check_during_tests": ("add", "def add(a, b):\n    g = globals()\n    g['__scca_check__'] = lambda k, v: None\n    return 3\n", "check_not_run (check 1)"),
     "gc_find_finish": ("add", "import gc\nfor o in gc.get_objects():\n    if getattr(o, '__name__', '') == 'finish' and callable(o):\n        o({'done': True}, 0)\n", "check_not_run (check 0)"),
@@ -67,9 +78,9 @@ CHEATS = {
     "atexit_os_exit_0": ("add", "import atexit, os\natexit.register(os._exit, 0)\ndef add(a, b):\n    raise AssertionError\n", "error: tests: AssertionError"),
     "settrace_skip_checks": ("add", "import sys\ndef tr(frame, event, arg):\n    if frame.f_code.co_filename == '<tests>' and event == 'line':\n        try:\n            frame.f_lineno = frame.f_lineno + 1\n        except ValueError:\n            pass\n    return tr\nsys.settrace(tr)\ndef add(a, b):\n    return 0\n", None),  # skips some checks, fails others
     "patch_assertion_error": ("mixed_types", "import builtins\nbuiltins.AssertionError = type('A', (BaseException,), {})\ndef stats(xs):\n    return {'mean': 0.0, 'span': (0, 0)}\n", "wrong_answer (check 0)"),
-    "thread_writes_done": ("add", "import threading, os, sys, time\nfd = int(sys.argv[4])\ndef late():\n    os.write(fd, b'{\"done\": true}\\n')\nthreading.Thread(target=late).start()\ndef add(a, b):\n    time.sleep(0.2)\n    os._exit(0)\n", "check_not_run (check 0)"),
+    "thread_writes_done": ("add", "import threading, os, sys, time\nfd = FD\ndef late():\n    os.write(fd, b'{\"done\": true}\\n')\nthreading.Thread(target=late).start()\ndef add(a, b):\n    time.sleep(0.2)\n    os._exit(0)\n", "check_not_run (check 0)"),
     "daemon_prints_after": ("add", "import os, time\nif os.fork() == 0:\n    time.sleep(0.5)\n    print('\\n' + '0' * 32)\n    os._exit(0)\ndef add(a, b):\n    return a - b\n", "wrong_answer (check 0)"),
-    "deep_json_record": ("add", "import os, sys\nos.write(int(sys.argv[4]), b'[' * 100000 + b'\\n')\ndef add(a, b):\n    return a + b\n", "bad_record"),
+    "deep_json_record": ("add", "import os, sys\nos.write(FD, b'[' * 100000 + b'\\n')\ndef add(a, b):\n    return a + b\n", "bad_record"),
     "deep_nested_result": ("sort_desc", "def sort_desc(xs):\n    r = []\n    for _ in range(10000):\n        r = [r]\n    return r\n", "wrong_answer (check 0)"),
     "nan_result": ("mixed_types", "def stats(xs):\n    return {'mean': float('nan'), 'span': (min(xs), max(xs))}\n", "wrong_answer (check 0)"),
     "partly_right": ("add", "def add(a, b):\n    return a + b if a < 10 else 0\n", "wrong_answer (check 2)"),
@@ -88,6 +99,8 @@ def _no_strays(label):
 def test_cheat_gets_no_reward(name):
     task, program, reason = CHEATS[name]
     label = "scca-test-" + uuid.uuid4().hex
+    if "FD" in program:
+        program = FIND_RESULT_FD + program
     r = S.run_tests(program, TASKS[task][0], LIM, label=label)
     assert r["reward"] == 0.0, r
     if reason is not None:
@@ -115,3 +128,7 @@ def test_plan_hides_literal_expectations():
     assert "assert add(0, 0) is not None" in worker_tests   # not a checked form: runs as is
     _, checks = S.plan_tests(TASKS["loop_pairs"][0])
     assert [c["op"] for c in checks] == ["pair"]
+    worker_tests, checks = S.plan_tests("assert 3 == add(1, 2)\nassert f() is None\nassert not g()\n")
+    assert worker_tests.splitlines() == ["__scca_check__(0, add(1, 2))", "__scca_check__(1, f())",
+                                         "__scca_check__(2, g())"]
+    assert [(c["op"], c["required"]) for c in checks] == [("eq", True), ("is", True), ("falsy", False)]

@@ -109,3 +109,12 @@ def test_parser_agrees_with_tree_evaluation(t):
     if value.denominator == 1:
         meta["target"] = int(value)
     assert C.score("", meta, text)["reward"] == expect
+
+
+def test_rows_round_trip_through_jsonl(tmp_path):
+    from verifiers.tasks.jsonl import read_jsonl, write_jsonl
+    rows = C.generate(3, 20, "train", n_numbers=4)
+    write_jsonl(rows, tmp_path / "cd.jsonl")
+    back = read_jsonl(tmp_path / "cd.jsonl", {"id": str, "prompt": str, "meta": dict})
+    assert back == rows
+    assert all(C.score(r["prompt"], r["meta"], r["meta"]["solution"])["reward"] == 1.0 for r in back)

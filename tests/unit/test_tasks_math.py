@@ -57,6 +57,8 @@ def test_pathological_answers_get_a_verdict_within_their_timeout():
     t = time.monotonic()
     r = M.score("q", {"answer": "5"}, one_mb)
     assert r == {"reward": 0.0, "reason": "too_long", "extracted": r["extracted"]}
+    assert M.score("q", {"answer": "5"}, "\\frac{1}{2}" * 90_000)["reason"] == "no_answer"
+    assert M.score("q", {"answer": "5"}, "#### " + "9" * 1_000_000)["reason"] == "too_long"
     assert time.monotonic() - t < 1.0
     t = time.monotonic()
     r = M.score("q", {"answer": "5"}, "\\boxed{9^{9^{9^{9}}}}")

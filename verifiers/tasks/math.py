@@ -49,13 +49,13 @@ def _boxed(text: str) -> str | None:
     while j < len(text) and text[j] == " ":
         j += 1
     if j < len(text) and text[j] == "{":
-        depth, k = 0, j
-        while k < len(text):
+        depth, k, stop = 0, j, min(len(text), j + MAX_ANSWER_CHARS + 2)
+        while k < stop:                      # bounded scan: 1 MB answers cost nothing
             depth += {"{": 1, "}": -1}.get(text[k], 0)
             if depth == 0:
                 return text[j + 1:k].strip()
             k += 1
-        return None                          # unbalanced: no answer
+        return text[j + 1:stop] if stop < len(text) else None   # too long / unbalanced
     m = re.match(r"[^\s$]+", text[j:])
     return m.group(0) if m else None
 
@@ -67,7 +67,7 @@ def extract_answer(completion: str, pattern: str | None = None) -> str | None:
         return boxed
     i = completion.rfind("####")
     if i >= 0:
-        line = completion[i + 4:].split("\n", 1)[0].strip()
+        line = completion[i + 4:i + 4 + 4 * MAX_ANSWER_CHARS].split("\n", 1)[0].strip()
         line = re.sub(r"(?<=\d),(?=\d)", "", line).replace("$", "").rstrip(".").strip()
         return line or None
     if pattern:

@@ -1,0 +1,71 @@
+"""Tests of the `code` task (extraction, sandboxed scoring, JSONL loading) and the registry."""
+
+import pytest
+
+from verifiers import sandbox
+from verifiers.tasks import TASKS, JSONL, PROCEDURAL
+from verifiers.tasks import code as C
+from verifiers.tasks.jsonl import JsonlError, write_jsonl
+
+TESTS = "assert is_prime(2) is True\nassert is_prime(9) == False\nassert [p for p in range(20) if is_prime(p)] == [2, 3, 5, 7, 11, 13, 17, 19]\n"
+GOOD = "def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))\n"
+LIM = sandbox.Limits(wall_s=8.0, cpu_s=4)
+
+
+@pytest.mark.parametrize("completion,expected", [
+    ("```python\nx = 1\n```", "x = 1\n"),
+    ("Here:\n```py\na = 2\n```\nand better:\n```python\nb = 3\n```\n", "b = 3\n"),
+    ("```\nc = 4\n```", "c = 4\n"),
+    ("```python\nfirst = 1\n```\n```\nplain = 2\n```", "first = 1\n"),
+    ("def f():\n    return 1\n", "def f():\n    return 1\n"),
+])
+def test_extract_code(completion, expected):
+    assert C.extract_code(completion) == expected
+
+
+@pytest.mark.parametrize("completion,reward,reason", [
+    (f"Sure!\n```python\n{GOOD}```\nDone.", 1.0, "pass"),
+    (GOOD, 1.0, "pass"),
+    ("```python\ndef is_prime(n):\n    return n % 2 == 1\n```", 0.0, "wrong_answer"),
+    ("```python\nimport sys\nsys.exit(0)\n```", 0.0, "error: solution: SystemExit"),
+    ("```python\ndef is_prime(n:\n```", 0.0, "error: solution: SyntaxError"),
+    ("```python\nclass T:\n    def __eq__(s, o):\n        return True\ndef is_prime(n):\n    return T()\n```", 0.0, "wrong_answer"),
+])
+def test_score_runs_the_code_in_the_sandbox(completion, reward, reason):
+    r = C.score("Write is_prime.", {"tests": TESTS}, completion, LIM)
+    assert r["reward"] == reward and r["reason"].startswith(reason), r
+    assert r["mode"] == sandbox.sandbox_mode() and r["hidden_checks"] == 3
+
+
+def test_score_limits_and_bad_input():
+    r = C.score("p", {"tests": TESTS}, "x = '" + "a" * (C.MAX_CODE_CHARS + 1) + "'", LIM)
+    assert r == {"reward": 0.0, "reason": "too_long"}
+    r = C.score("p", {"tests": TESTS}, "import time\ntime.sleep(30)\n",
+                sandbox.Limits(wall_s=1.5))
+    assert r["reward"] == 0.0 and r["reason"] == "timeout" and r["wall_s"] < 3.0
+
+
+def test_load_code_jsonl(tmp_path):
+    p = tmp_path / "c.jsonl"
+    write_jsonl([{"prompt": "Write is_prime.", "tests": TESTS}], p)
+    rows = C.load(p)
+    assert rows[0]["meta"] == {"tests": TESTS} and rows[0]["id"].startswith("code-")
+    assert C.score(rows[0]["prompt"], rows[0]["meta"], GOOD, LIM)["reward"] == 1.0
+    write_jsonl([{"prompt": "a", "tests": "assert f(1) == 1"}, {"prompt": "b", "tests": "assert ("}], p)
+    with pytest.raises(JsonlError, match="row 2: tests do not parse"):
+        C.load(p)
+
+
+def test_registry_names_versions_and_interfaces():
+    assert set(TASKS) == {"arith", "countdown", "math", "code"}
+    for name, mod in TASKS.items():
+        assert isinstance(mod.VERSION, str) and mod.VERSION.startswith(name)
+        assert callable(mod.score)
+    for name in PROCEDURAL:
+        rows = TASKS[name].generate(0, 3, "train")
+        assert len(rows) == 3 and set(rows[0]) == {"id", "prompt", "meta"}
+        assert TASKS[name].score(rows[0]["prompt"], rows[0]["meta"], rows[0]["meta"]["solution"])["reward"] == 1.0
+    for name in JSONL:
+        assert callable(TASKS[name].load)
+    with pytest.raises(KeyError, match="unknown task"):
+        TASKS["chess"]
