@@ -28,7 +28,8 @@ import torch
 
 from learner import metrics as M
 from learner.checkpoint import save_checkpoint
-from learner.credit import REGISTRY, CreditBatch, token_advantages
+from learner.credit import token_advantages
+from learner.credit_step import CreditStep
 from learner.logprobs import build_batch, pad_right, token_logprobs
 from learner.loss import group_advantages, lag_ok, policy_loss
 from protocol.weights import canary_logprob, publish_snapshot
@@ -51,6 +52,7 @@ class Trainer(threading.Thread):
         self.stop_event = threading.Event()
         self.done = asyncio.Event()
         self.error: BaseException | None = None
+        self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed)
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
 
     # --- thread body -------------------------------------------------------------
@@ -164,7 +166,7 @@ class Trainer(threading.Thread):
         return fresh, stale
 
     def forward_backward(self, groups: list) -> dict:
-        """Advantages -> credit weights -> token-mean loss -> one clipped AdamW step."""
+        """Advantages -> credit weights -> token-mean loss over micro-batches -> one clipped AdamW step."""
         lc, loss_cfg = self.cfg.learner, self.cfg.loss
         prompt_ids, completions, behav, adv = [], [], [], []
         for g in groups:
@@ -175,8 +177,10 @@ class Trainer(threading.Thread):
                 completions.append(s["token_ids"].tolist())
                 behav.append(s["logprobs"])
                 adv.append(a_i)
+        adv_all = torch.tensor(adv, dtype=torch.float32)  # [N]
+        with torch.no_grad():
+            w_all, credit_stats = self.credit.weights(groups, completions, adv_all, self.state["step"])  # [N,Tmax]
         total_tokens = sum(len(c) for c in completions)
-        credit = REGISTRY[self.cfg.credit.method]
         self.model.train()
         sums: dict[str, float] = {}
         loss_total = 0.0
@@ -186,10 +190,8 @@ class Trainer(threading.Thread):
             logp, mask, _ = token_logprobs(self.model, batch)  # [b,T], [b,T]
             T = logp.shape[1]
             logp_behav = pad_right(behav[lo:hi], T, 0.0)  # [b,T]
-            adv_seq = torch.tensor(adv[lo:hi], dtype=torch.float32)  # [b]
-            w = credit(CreditBatch(token_ids=pad_right(completions[lo:hi], T, 0).long(), mask=mask,
-                                   adv=adv_seq, group_index=torch.zeros(len(adv_seq), dtype=torch.long)))
-            loss, stats = policy_loss(logp, logp.detach(), logp_behav, token_advantages(adv_seq, w), mask,
+            adv_tok = token_advantages(adv_all[lo:hi], w_all[lo:hi, :T])  # [b,T]
+            loss, stats = policy_loss(logp, logp.detach(), logp_behav, adv_tok, mask,
                                       eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high,
                                       dual_clip=loss_cfg.dual_clip, is_cap=loss_cfg.is_cap)
             share = float(mask.sum()) / total_tokens
@@ -201,7 +203,7 @@ class Trainer(threading.Thread):
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.model.eval()
-        return {**sums, "loss": loss_total, "grad_norm": float(grad_norm), "tokens": total_tokens}
+        return {**sums, **credit_stats, "loss": loss_total, "grad_norm": float(grad_norm), "tokens": total_tokens}
 
     def publish(self) -> None:
         info = publish_snapshot(self.run_dir / "weights", self.state["version"], self.model, self.tok,

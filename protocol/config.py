@@ -75,17 +75,29 @@ class LossConfig(_Section):
     max_lag: int = Field(1, ge=0, le=1000, description="Groups older than this many versions are dropped (0 = on-policy).")
 
 
-class CreditConfig(_Section):
-    """Token credit (DESIGN §6). Only `uniform` (plain GRPO) until SCCA lands."""
+CREDIT_METHODS = Literal["uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden", "shuffled"]
 
-    method: Literal["uniform"] = Field("uniform", description="Credit variant (see learner/credit.py).")
+
+class CreditConfig(_Section):
+    """Token credit (DESIGN §6): `uniform` is plain GRPO; the others reweight tokens (mean 1)."""
+
+    method: CREDIT_METHODS = Field("uniform", description="Credit variant (one function each in learner/credit.py).")
+    lam_max: float = Field(0.5, ge=0, le=1, description="λ_max: w = (1 - λ) + λ u; 0 = uniform.")
+    warmup_steps: int = Field(10, ge=0, description="Steps with λ = 0 before the ramp.")
+    ramp_steps: int = Field(20, ge=0, description="Steps of the linear ramp from 0 to λ_max.")
+    gate_ratio: float = Field(1.2, ge=0, description="λ stays 0 while EMA of mean s(incorrect)/mean s(correct) is below this (0 = no gate).")
+    template: str = Field("Reference solution:\n{c}\n\n{prompt}", description="Teacher context template ({c}, {prompt}).")
+    allow_identical_context: bool = Field(
+        True, description="A sibling whose text equals the sample's may be its context (arith: all correct answers are one string)."
+    )
+    teacher_micro_batch: int = Field(32, ge=1, le=4096, description="Rows per teacher forward pass.")
 
 
 class ActorConfig(_Section):
     """Generation actors."""
 
     count: int = Field(2, ge=0, le=64, description="Actors `scca run` starts on this machine.")
-    engine: Literal["hf"] = Field("hf", description="Generation engine.")
+    engine: Literal["hf", "vllm"] = Field("hf", description="Generation engine: hf or vllm (needs vllm).")
     group_size: int = Field(8, ge=2, le=256, description="Samples per prompt (GRPO group).")
     temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature for training rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling; 1.0 keeps the behaviour logprobs exact.")

@@ -1,0 +1,58 @@
+"""CreditStep: the per-step credit pipeline on a real (tiny, random) model."""
+
+import numpy as np
+import pytest
+import torch
+
+from learner.credit_step import CreditStep
+from learner.hub import Group
+from learner.model import build_tiny_model, build_tokenizer
+from protocol.config import CreditConfig
+
+torch.set_num_threads(1)
+
+
+def _groups(tok):
+    solution = "12+34=46;46+56=102;#102"
+    wrong = "12+34=46;46+56=101;#101"
+    groups = []
+    for gi in range(2):
+        samples, rewards, details = [], [], []
+        for i in range(4):
+            text = solution if i % 2 == 0 else wrong
+            ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            samples.append({"token_ids": np.array(ids, dtype=np.int32), "text": text,
+                            "logprobs": np.full(len(ids), -1.0, np.float32),
+                            "entropy": np.linspace(0.1, 1.0, len(ids)).astype(np.float16)})
+            rewards.append(1.0 if i % 2 == 0 else 0.0)
+            details.append({"reason": "ok"} if i % 2 == 0 else {"reason": "wrong", "first_wrong": 20})
+        groups.append(Group(f"g{gi}@0", f"p{gi}", "12+34+56=", 0, samples, rewards, details))
+    return groups
+
+
+def _run(method, **kw):
+    tok = build_tokenizer()
+    step = CreditStep(CreditConfig(method=method, warmup_steps=0, ramp_steps=0, gate_ratio=0.0, **kw),
+                      build_tiny_model(0), tok, seed=0)
+    groups = _groups(tok)
+    completions = [s["token_ids"].tolist() for g in groups for s in g.samples]
+    adv = torch.tensor([1.0, -1.0] * 4)
+    return step, groups, step.weights(groups, completions, adv, step=5)
+
+
+@pytest.mark.parametrize("method", ["uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy", "shuffled"])
+def test_weights_have_mean_one_and_the_expected_cost(method):
+    step, groups, (w, stats) = _run(method)
+    n_tokens = len(groups[0].samples[0]["token_ids"])
+    assert w.shape == (8, n_tokens)
+    assert torch.allclose(w.mean(dim=1), torch.ones(8), atol=1e-4) and (w >= 0).all()
+    assert ("time_teacher" in stats) == (method not in ("uniform", "entropy"))
+    assert stats["credit/first_error_mass"] >= 0.0  # arith-style details name the first wrong char
+    assert 0.0 <= stats["credit/first_error_auroc"] <= 1.0
+    if method in ("sc_kl", "entropy"):
+        assert not torch.allclose(w, torch.ones_like(w)), "a reweighting variant at λ=0.5 changed nothing"
+
+
+def test_verified_solutions_are_banked():
+    step, _, _ = _run("sc_kl")
+    assert step.bank.newest("p0", exclude="") == "12+34=46;46+56=102;#102"
