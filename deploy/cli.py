@@ -6,10 +6,11 @@
   scca learner CONFIG --run-dir DIR [--resume]   the learner service alone
   scca actor CONFIG --connect tcp://HOST:PORT    one actor
   scca verifier CONFIG --connect tcp://HOST:PORT one verifier
+  scca compare CONFIG --methods grpo,sc_kl --seeds N --out DIR   credit variants side by side
   scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL
   scca doctor                                    what this machine can run
 
-What it does not do: `eval` and `compare` arrive with the SCCA work; no remote launching.
+What it does not do: no remote launching (start services on other hosts with `scca actor`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,18 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from deploy.compare import compare
+
+    cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
+    ensure_bootstrap(cfg)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if "grpo" not in methods:
+        methods.insert(0, "grpo")
+    print(compare(cfg, methods, list(range(args.seeds)), Path(args.out), args.target))
+    return 0
+
+
 def cmd_learner(args) -> int:
     from learner.service import main
 
@@ -164,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--metrics-port", type=int, default=0)
         if name == "verifier":
             s.add_argument("--workers", type=int, default=1)
+    c = sub.add_parser("compare", help="credit variants x seeds: results.csv, results.md, accuracy.png")
+    c.add_argument("config", nargs="?")
+    c.add_argument("--methods", default="grpo,sc_kl,shuffled", help="comma list; grpo = uniform credit")
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--out", required=True)
+    c.add_argument("--target", type=float, help="accuracy for samples_to_target (default: start + 0.10)")
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d = sub.add_parser("data", help="write procedural prompts as JSONL")
     d.add_argument("task")
     d.add_argument("--n", type=int, required=True)
@@ -177,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"bootstrap": cmd_bootstrap, "run": cmd_run, "learner": cmd_learner, "actor": cmd_actor,
-               "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor}[args.cmd]
+               "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor, "compare": cmd_compare}[args.cmd]
     try:
         return handler(args)
     except ConfigError as exc:

@@ -41,21 +41,36 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def prepare_run(cfg: RunConfig, run_dir: Path) -> RunConfig:
-    """Write procedural prompt files if none are given; return the config with absolute paths."""
-    from verifiers.scoring import _task  # deploy may import every package
+def prompt_rows(cfg: RunConfig, split: str, given: str) -> list[dict] | None:
+    """Rows for the learner's generic prompt file, or None when `given` is already one.
 
+    Procedural tasks (arith, countdown) generate rows when no file is given; JSONL tasks
+    (math, code) convert the user's `{"prompt","answer"}` / `{"prompt","tests"}` file."""
+    from verifiers.tasks import JSONL, PROCEDURAL, TASKS  # deploy may import every package
+
+    task = TASKS[cfg.task.name]
+    if cfg.task.name in JSONL:
+        if not given:
+            raise ValueError(f"task {cfg.task.name!r} reads its prompts from [task] {split}_file; none given")
+        return task.load(given)
+    if given:
+        return None
+    assert cfg.task.name in PROCEDURAL
+    n = cfg.task.train_size if split == "train" else cfg.task.heldout_size
+    return task.generate(cfg.task.seed, n, split)
+
+
+def prepare_run(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """Write the run's prompt files; return the config with absolute paths."""
     run_dir.mkdir(parents=True, exist_ok=True)
     task = cfg.task
     updates = {}
-    if not task.train_file:
-        path = run_dir / "data" / "train.jsonl"
-        write_jsonl(_task(task.name).generate(task.seed, task.train_size, "train"), path)
-        updates["train_file"] = str(path.resolve())
-    if not task.heldout_file:
-        path = run_dir / "data" / "heldout.jsonl"
-        write_jsonl(_task(task.name).generate(task.seed, task.heldout_size, "heldout"), path)
-        updates["heldout_file"] = str(path.resolve())
+    for split, given in (("train", task.train_file), ("heldout", task.heldout_file)):
+        rows = prompt_rows(cfg, split, given)
+        path = run_dir / "data" / f"{split}.jsonl" if rows is not None else Path(given)
+        if rows is not None:
+            write_jsonl(rows, path)
+        updates[f"{split}_file"] = str(path.resolve())
     model = cfg.model.model_copy(update={"bootstrap_dir": str(Path(cfg.model.bootstrap_dir).resolve())})
     cfg = cfg.model_copy(update={"task": task.model_copy(update=updates), "model": model})
     (run_dir / "config.json").write_text(cfg.resolved_json())

@@ -125,21 +125,27 @@ def evaluate_greedy(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> float:
     """Fraction of rows whose greedy completion gets reward 1 from score_fn."""
+    return _evaluate(model, tokenizer, rows, score_fn, batch_size, max_new_tokens)[0]
+
+
+def _evaluate(model, tokenizer, rows, score_fn, batch_size, max_new_tokens):
+    """(accuracy, greedy completions) of rows; model left in its previous train/eval mode."""
     if not rows:
         raise ValueError("evaluate_greedy needs at least one row")
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, texts = 0, []
     try:
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
-            texts = generate_greedy(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens)
+            out = generate_greedy(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens)
             correct += sum(
-                score_fn(r["prompt"], r["meta"], t)["reward"] >= 1.0 for r, t in zip(chunk, texts)
+                score_fn(r["prompt"], r["meta"], t)["reward"] >= 1.0 for r, t in zip(chunk, out)
             )
+            texts.extend(out)
     finally:
         model.train(was_training)
-    return correct / len(rows)
+    return correct / len(rows), texts
 
 
 def _batches(n_rows: int, batch_size: int, rng: random.Random):
@@ -247,13 +253,14 @@ def bootstrap(
             loss_window.append(total / n_tok)
 
             if step % eval_every == 0 or step == max_steps:
-                acc = evaluate_greedy(model, tokenizer, eval_set, score_fn, max_new_tokens=max_new)
+                acc, texts = _evaluate(model, tokenizer, eval_set, score_fn, 128, max_new)
                 loss = sum(loss_window) / len(loss_window)
                 loss_window = []
                 history.append({"step": step, "eval_accuracy": acc, "train_loss": loss,
                                 "seconds": time.perf_counter() - t0})
                 log(f"bootstrap step {step}: loss {loss:.4f}, held-out greedy accuracy "
-                    f"{acc:.3f} on {len(eval_set)} ({time.perf_counter() - t0:.0f}s)")
+                    f"{acc:.3f} on {len(eval_set)} ({time.perf_counter() - t0:.0f}s); "
+                    f"e.g. {eval_set[0]['prompt']!r} -> {texts[0]!r}")
                 if stop_at <= acc <= target_high:
                     chosen = {"step": step, "acc": acc}
                     break

@@ -41,8 +41,9 @@ What is not covered:
     computed in the tests, `abs(a - b) < eps`, asserts in helpers called by library
     code): their result is attested by the worker, which shares an interpreter with the
     solution; a solution that attacks the harness itself (sys.settrace line jumps, writing
-    a forged "done" record on the result fd) can pass those. Literal-expected checks stay
-    sound: passing them needs the hidden values. `hidden_checks` in the verdict counts them.
+    a forged "done" record on the result fd) can pass those; pair and truthiness checks
+    are in this class too (their expected side is visible, they need not run). Literal
+    checks stay sound: passing them needs the hidden values (`hidden_checks` counts them).
   * Values in checked asserts must be builtin data (None, bool, int, float, complex, str,
     bytes, list, tuple, set, frozenset, dict); other objects fail the check.
   * Tests must not call sys.exit (e.g. unittest.main() without exit=False): any exception
@@ -51,7 +52,8 @@ What is not covered:
   * Only the stdlib of the host's Python prefix is importable (-I -S, no site-packages).
   * Mode "unshare" leaves the host filesystem readable where file permissions allow it
     (a world-readable dataset holding expected values could be read by a determined
-    program); /root-like private trees, /tmp, /var/tmp and /dev/shm are hidden.
+    program); hidden are /tmp, /var/tmp, /dev/shm and the first non-world-searchable
+    ancestor of the Python prefix (e.g. /root, replaced by a tmpfs holding the prefix).
   * As non-root, the worker keeps the host uid: RLIMIT_NPROC counts all of that user's
     processes, and the supervisor is protected by being non-dumpable, not by a uid.
   * Mode "none" is best effort: a program that calls setsid() itself escapes cleanup.

@@ -17,9 +17,9 @@ learner's teacher-forced log_softmax(z_t / T) up to float32 kernel differences.
 Entropy: vLLM returns the top-k processed logprobs of each step (k = `entropy_topk`), not
 the full distribution, so H(μ_t) is estimated from the listed set S (top-k ∪ sampled):
 
-    H_est = -Σ_{v∈S} p_v log p_v  -  r · log p_min        r = max(0, 1 - Σ_{v∈S} p_v)
+    H_est = -Σ_{v∈S} p_v log p_v  -  r · log p_k        r = max(0, 1 - Σ_{v∈S} p_v)
 
-where p_min is the smallest listed probability. Every unlisted token has p ≤ p_min, so
+where p_k is the k-th largest probability. Every unlisted token has p ≤ p_k, so
 H_est ≤ H(μ_t) (a lower bound; the upper bound would spread r uniformly over the V - |S|
 other tokens). It is exact when r = 0: k ≥ vocabulary size, or top-p left ≤ k tokens.
 `entropy_topk=0` turns summaries off: `Sample.entropy` is None (the learner computes
@@ -98,18 +98,20 @@ def folder_digest(folder: Path) -> str:
     return param_digest(tensors.items())
 
 
-def entropy_from_topk(logprobs: np.ndarray) -> float:
+def entropy_from_topk(logprobs: np.ndarray, k: int) -> float:
     """Lower-bound entropy estimate of one step from the logprobs of its listed tokens.
 
-    logprobs: [m] float64, distinct tokens, may hold -inf (tokens outside the nucleus).
-    H_est = -Σ p log p - r log p_min, r = max(0, 1 - Σ p), p_min = min listed p > 0.
+    logprobs: [m] float64 of distinct tokens, the top-k of the step plus (m = k + 1) the
+    sampled token when it was not among them; may hold -inf (outside the nucleus).
+    H_est = -Σ p log p - r log p_k, r = max(0, 1 - Σ p), p_k = the k-th largest listed
+    p: every unlisted token has p <= p_k, so its term -p log p >= -p log p_k.
     """
-    finite = logprobs[np.isfinite(logprobs)]  # [m'] listed tokens with p > 0
+    finite = np.sort(logprobs[np.isfinite(logprobs)])[::-1]  # [m'] listed tokens with p > 0, descending
     p = np.exp(finite)
     h = float(-(p * finite).sum())
     rest = max(0.0, 1.0 - float(p.sum()))
     if rest > 0.0 and finite.size:
-        h -= rest * float(finite.min())
+        h -= rest * float(finite[min(k, finite.size) - 1])
     return h
 
 
@@ -144,8 +146,6 @@ class VLLMEngine:
         self.eos_id = self.tokenizer.eos_token_id
         if self.eos_id is None:
             raise ValueError(f"tokenizer in {folder} has no eos token")
-        self.vocab_size = len(self.tokenizer)
-        self.entropy_topk = min(entropy_topk, self.vocab_size)
         memory = (
             {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
             if device == "cpu"
@@ -159,10 +159,12 @@ class VLLMEngine:
             distributed_executor_backend="uni",
             enforce_eager=True,
             logprobs_mode="processed_logprobs",
-            max_logprobs=max(1, self.entropy_topk),
+            max_logprobs=max(1, entropy_topk),
             generation_config="vllm",  # ignore the folder's generation_config.json defaults
             **memory,
         )
+        self.vocab_size = int(self.llm.llm_engine.model_config.get_vocab_size())  # model's, may exceed the tokenizer's
+        self.entropy_topk = min(entropy_topk, self.vocab_size)
         self._rng = np.random.default_rng(seed)
 
     # ------------------------------------------------------------------ generation
@@ -234,7 +236,7 @@ class VLLMEngine:
             logprobs[t] = val[lo + hit[0]]
             if entropy is not None:
                 _, first = np.unique(tok[lo:hi], return_index=True)  # sampled may be listed twice
-                entropy[t] = entropy_from_topk(val[lo:hi][first])
+                entropy[t] = entropy_from_topk(val[lo:hi][first], self.entropy_topk)
         stop = T > 0 and int(ids[-1]) == self.eos_id and c.finish_reason == "stop"
         return Sample(
             token_ids=ids,
