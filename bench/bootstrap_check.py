@@ -13,7 +13,12 @@ Imports both learner/ and verifiers/ (allowed here: bench/ is not a service).
 from __future__ import annotations
 
 import os
+import sys
 
+# Running `python bench/bootstrap_check.py` puts bench/ first on sys.path, where
+# bench/verifiers.py would shadow the `verifiers` package: drop that entry.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 # libgomp's default busy-wait makes 2 torch threads crawl when other processes share the
 # 2 cores (measured 5-8x slower per step); must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

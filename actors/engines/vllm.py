@@ -43,23 +43,16 @@ scheduler batches all rows of a call continuously), or compute hidden-state summ
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-# Before vllm is imported: engine core in this process; quiet logs unless asked otherwise.
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-from vllm import LLM, SamplingParams  # noqa: E402
-from vllm.inputs import TokensPrompt  # noqa: E402
-
-from actors.engines.hf import Sample  # noqa: E402
-from protocol.weights import (  # noqa: E402
+from actors.engines.hf import Sample
+from protocol.weights import (
     CANARY_COMPLETION,
     CANARY_PROMPT,
     MANIFEST,
@@ -132,6 +125,13 @@ class VLLMEngine:
             raise ValueError("entropy_topk must be >= 0")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Read by vllm at import / engine creation: engine core in this process, quiet logs.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        import vllm  # imported here so that this module's helpers work without vllm
+        from vllm.inputs import TokensPrompt
+
+        self._params, self._prompt = vllm.SamplingParams, TokensPrompt
         # vLLM's CPU worker replaces torch.set_num_threads with a no-op once it starts.
         torch.set_num_threads(threads)
         self.version = 0
@@ -151,7 +151,7 @@ class VLLMEngine:
             if device == "cpu"
             else {"gpu_memory_utilization": GPU_MEMORY_FRACTION}
         )
-        self.llm = LLM(
+        self.llm = vllm.LLM(
             model=str(folder),
             tokenizer=str(folder),
             dtype=DTYPE,
@@ -193,7 +193,7 @@ class VLLMEngine:
         reps = 1 if greedy else n
         seeds = self._rng.integers(0, SEED_HIGH, size=len(prompts))
         params = [
-            SamplingParams(
+            self._params(
                 n=reps,
                 temperature=temperature,
                 top_p=1.0 if greedy else top_p,
@@ -207,7 +207,7 @@ class VLLMEngine:
             )
             for s in seeds
         ]
-        inputs = [TokensPrompt(prompt_token_ids=self.tokenizer(p)["input_ids"]) for p in prompts]
+        inputs = [self._prompt(prompt_token_ids=self.tokenizer(p)["input_ids"]) for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         result: list[list[Sample]] = []
         for out in outputs:
@@ -283,8 +283,8 @@ class VLLMEngine:
         prompt = self.tokenizer(CANARY_PROMPT)["input_ids"]
         completion = self.tokenizer(CANARY_COMPLETION, add_special_tokens=False)["input_ids"] + [self.eos_id]
         ids = prompt + completion
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        [out] = self.llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
+        params = self._params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        [out] = self.llm.generate([self._prompt(prompt_token_ids=ids)], params, use_tqdm=False)
         plp = out.prompt_logprobs  # [P+C]: entry j holds log π(ids[j] | ids[:j]); entry 0 is None
         total = 0.0
         for j in range(len(prompt), len(ids)):

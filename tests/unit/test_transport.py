@@ -2,6 +2,8 @@
 
 import asyncio
 
+import zmq
+
 from protocol.transport import DealerEndpoint, RouterEndpoint
 
 
@@ -49,7 +51,12 @@ async def test_reconnect_gets_through_to_a_new_router_on_the_same_port():
     dealer = DealerEndpoint(address, "actor-y", heartbeat_s=10)
     try:
         router.close()
-        router = RouterEndpoint(address)  # the learner came back on the same address
+        for _ in range(50):  # zmq releases the port asynchronously after close
+            try:
+                router = RouterEndpoint(address)  # the learner came back on the same address
+                break
+            except zmq.ZMQError:
+                await asyncio.sleep(0.1)
         dealer.reconnect()
         await dealer.send("work_request", slots=1)
         _, msg = await asyncio.wait_for(router.recv(), 5)
