@@ -25,14 +25,17 @@ def engine_seed(name: str) -> int:
 def make_engine(cfg, folder: Path, name: str):
     """Engine named by `cfg.engine` (an `ActorConfig`), loaded from a model folder.
 
-    threads = cfg.threads, seed = engine_seed(name). Raises ValueError for an unknown name.
+    threads = cfg.threads, seed = engine_seed(name), device = cfg.device where the config
+    has that field (default: hf on "cpu", vllm on "auto" = CUDA when available).
+    Raises ValueError for an unknown name.
     """
+    device = getattr(cfg, "device", None)
     if cfg.engine == "hf":
         from actors.engines.hf import HFEngine
 
-        return HFEngine(folder, threads=cfg.threads, seed=engine_seed(name))
+        return HFEngine(folder, threads=cfg.threads, seed=engine_seed(name), device=device or "cpu")
     if cfg.engine == "vllm":
         from actors.engines.vllm import VLLMEngine
 
-        return VLLMEngine(folder, threads=cfg.threads, seed=engine_seed(name))
+        return VLLMEngine(folder, threads=cfg.threads, seed=engine_seed(name), device=device or "auto")
     raise ValueError(f"unknown engine {cfg.engine!r}; expected one of {ENGINES}")

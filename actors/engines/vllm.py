@@ -65,6 +65,7 @@ DEFAULT_ENTROPY_TOPK = 20  # logprobs per step used for the entropy estimate (vL
 CPU_KV_CACHE_BYTES = 256 << 20  # KV cache on CPU (43k tokens of the tiny model); env VLLM_CPU_KVCACHE_SPACE overrides
 GPU_MEMORY_FRACTION = 0.4  # of the GPU for vLLM, leaving room for a learner on the same card
 DTYPE = "float32"  # bf16 would move the canary by more than CANARY_TOL
+ENFORCE_EAGER = True  # no torch.compile / CUDA graphs: fast start, needed on CPU; GPU runs may turn it off
 SEED_HIGH = 2**31 - 1 - 4096  # per-prompt seeds are drawn below this; vLLM gives child i seed + i
 
 
@@ -157,7 +158,7 @@ class VLLMEngine:
             dtype=DTYPE,
             seed=seed,
             distributed_executor_backend="uni",
-            enforce_eager=True,
+            enforce_eager=ENFORCE_EAGER,
             logprobs_mode="processed_logprobs",
             max_logprobs=max(1, entropy_topk),
             generation_config="vllm",  # ignore the folder's generation_config.json defaults

@@ -51,7 +51,7 @@ def _perturbed(model, seed: int):
 
 
 def _teacher_forced(model, tok, prompts: list[str], groups, temperature: float):
-    """(learner logp [B,T], mask [B,T], entropy [B,T], behaviour logp [B,T], behaviour entropy [B,T])."""
+    """(learner logp [B,T], mask [B,T], entropy [B,T], behaviour logp [B,T], behaviour entropy [B,T] or None)."""
     prompt_ids = [tok(p)["input_ids"] for p, g in zip(prompts, groups) for _ in g]
     samples = [s for g in groups for s in g]
     batch = build_batch(prompt_ids, [s.token_ids.tolist() for s in samples], tok.pad_token_id)
@@ -59,7 +59,7 @@ def _teacher_forced(model, tok, prompts: list[str], groups, temperature: float):
         logp, mask, ent = token_logprobs(model, batch, temperature=temperature, with_entropy=True)
     T = logp.shape[1]
     beh = pad_right([s.logprobs for s in samples], T, 0.0)
-    beh_ent = pad_right([s.entropy for s in samples], T, 0.0)
+    beh_ent = None if samples[0].entropy is None else pad_right([s.entropy for s in samples], T, 0.0)
     return logp, mask, ent, beh, beh_ent
 
 
@@ -90,6 +90,15 @@ def test_behaviour_logprobs_match_the_learner(world):
               f"entropy estimate below exact by {float(gap.sum() / mask.sum()):.3f} nats on average "
               f"(exact mean {float((ent * mask).sum() / mask.sum()):.3f})")
     assert max(worst.values()) < LOGPROB_TOL, worst
+    # Summaries off: only the sampled token's logprob comes back, entropy is absent.
+    topk, engine.entropy_topk = engine.entropy_topk, 0
+    try:
+        groups = engine.generate(PROMPTS[:2], 4, temperature=1.0, max_new_tokens=16)
+    finally:
+        engine.entropy_topk = topk
+    assert all(s.entropy is None for g in groups for s in g)
+    logp, mask, _, beh, _ = _teacher_forced(model, tok, PROMPTS[:2], groups, 1.0)
+    assert float(((logp - beh).abs() * mask).max()) < LOGPROB_TOL
 
 
 def test_greedy_agrees_with_the_hf_engine(world):
@@ -184,6 +193,7 @@ def vllm_run(bootstrap_dir, tmp_path_factory):
 
 def test_a_vllm_actor_trains_with_the_learner(vllm_run):
     assert vllm_run["rc"] == 0, (vllm_run["dir"].parent / "launcher.log").read_text()[-3000:]
+    assert "engine VLLMEngine ready" in vllm_run["actor_log"], "the actor did not build the vLLM engine"
     summary = json.loads((vllm_run["dir"] / "summary.json").read_text())
     assert summary["completed"] and summary["steps"] == RUN_STEPS
     rewards = [r["reward_mean"] for r in vllm_run["rows"]]
