@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BOOTSTRAP_DIR ?= .cache/scca/bootstrap-s0
+COUNTDOWN_DIR ?= .cache/scca/bootstrap-countdown-s0
 CONFIG ?= deploy/default.toml
 PYTEST_ARGS ?=
 
@@ -24,16 +25,19 @@ $(BOOTSTRAP_DIR)/bootstrap.json: | $(STAMP)
 
 bootstrap: $(BOOTSTRAP_DIR)/bootstrap.json
 
+$(COUNTDOWN_DIR)/bootstrap.json: | $(STAMP)
+	$(PY) -m deploy.cli bootstrap --task countdown --out $(COUNTDOWN_DIR)
+
 run: bootstrap
 	$(PY) -m deploy.cli run $(CONFIG)
 
-test: bootstrap
+test: bootstrap $(COUNTDOWN_DIR)/bootstrap.json
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test-integration: bootstrap
+test-integration: bootstrap $(COUNTDOWN_DIR)/bootstrap.json
 	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
 clean:
