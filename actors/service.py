@@ -119,8 +119,23 @@ class Actor:
                         continue  # a newer version is already queued
                     await self.load(loop, msg)
                 elif self.engine is not None:
-                    await self.generate(loop, msg)
+                    await self.generate(loop, self.coalesce(msg))
                 await self.request_work()
+
+    def coalesce(self, first: dict) -> list[dict]:
+        """`first` plus the work queued right behind it with the same sampling, up to
+        `batch_size` rows: one generate() call for all of them (8-row calls waste the CPU)."""
+        batch, rows = [first], len(first["prompts"]) * first["group_size"]
+        while self.queue and self.queue[0]["kind"] == "work":
+            nxt = self.queue[0]
+            same = (nxt["sampling"], nxt["group_size"], nxt["eval"]) == (first["sampling"], first["group_size"], first["eval"])
+            more = len(nxt["prompts"]) * nxt["group_size"]
+            if not same or rows + more > self.cfg.actor.batch_size:
+                break
+            batch.append(self.queue.popleft())
+            rows += more
+        QUEUE.set(len(self.queue))
+        return batch
 
     async def load(self, loop, msg: dict) -> None:
         t = time.perf_counter()
@@ -150,21 +165,22 @@ class Actor:
         FETCH_S.set(time.perf_counter() - t)
         return folder
 
-    async def generate(self, loop, msg: dict) -> None:
-        s = msg["sampling"]
-        texts = [p["text"] for p in msg["prompts"]]
+    async def generate(self, loop, batch: list[dict]) -> None:
+        """Sample every prompt of the coalesced work messages; one rollout_group per prompt."""
+        s, n = batch[0]["sampling"], batch[0]["group_size"]
+        todo = [(msg["work_id"], p) for msg in batch for p in msg["prompts"]]
         t = time.perf_counter()
         groups = await loop.run_in_executor(self.pool, lambda: self.engine.generate(
-            texts, msg["group_size"], temperature=s["temperature"], top_p=s["top_p"],
+            [p["text"] for _, p in todo], n, temperature=s["temperature"], top_p=s["top_p"],
             max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size))
         seconds = time.perf_counter() - t
         n_tokens = sum(len(x.token_ids) for g in groups for x in g)
         ROLLOUTS.inc(sum(len(g) for g in groups))
         TOKENS.inc(n_tokens)
         TOK_PER_S.set(n_tokens / max(seconds, 1e-9))
-        for prompt, samples in zip(msg["prompts"], groups):
+        for (work_id, prompt), samples in zip(todo, groups):
             await self.ep.send(
-                "rollout_group", work_id=msg["work_id"], prompt_id=prompt["id"], weights_version=self.engine.version,
+                "rollout_group", work_id=work_id, prompt_id=prompt["id"], weights_version=self.engine.version,
                 weights_digest=self.digest, gen_seconds=seconds,
                 samples=[{"token_ids": x.token_ids.astype(np.int32), "logprobs": x.logprobs.astype(np.float32),
                           "entropy": x.entropy.astype(np.float16), "hidden": None,

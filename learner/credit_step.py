@@ -60,7 +60,7 @@ class CreditStep:
             lam = self.schedule.update(step, mean_bad, mean_good)
             stats.update(self.schedule.metrics())
         else:
-            lam = self.cfg.lam_max
+            lam = 0.0 if self.cfg.method == "uniform" else self.cfg.lam_max
         batch = CreditBatch(token_ids=token_ids, mask=mask, adv=adv, group_index=group_index,
                             shuffle_seed=self.rng.randrange(2**31), **fields)
         w = self.fn(batch, lam=lam)  # [N,T]

@@ -238,9 +238,16 @@ class Hub:
         await self.pump()
 
     # --- dispatch ------------------------------------------------------------------
+    def _window(self) -> int:
+        """Groups allowed in flight: enough for max_lag + 1 steps, twice that when groups
+        without signal are dropped (most of them are, early on), unless set explicitly."""
+        lc = self.cfg.learner
+        if lc.max_in_flight:
+            return lc.max_in_flight
+        return lc.prompts_per_step * (self.cfg.loss.max_lag + 1) * (2 if self.cfg.loss.drop_no_signal else 1)
+
     def _window_open(self) -> bool:
-        window = self.cfg.learner.prompts_per_step * (self.cfg.loss.max_lag + 1)
-        return self.training_open and self.ledger.counts()["in_flight"] < window
+        return self.training_open and self.ledger.counts()["in_flight"] < self._window()
 
     def _next_item(self) -> tuple[str, str]:
         if self.retry:

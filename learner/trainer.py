@@ -129,6 +129,7 @@ class Trainer(threading.Thread):
         row = {
             "step": self.state["step"], "version": self.state["version"],
             "samples_trained": self.state["samples_trained"], "groups": len(fresh), "dropped_stale": len(stale),
+            "dropped_no_signal_total": self.state.get("dropped_no_signal", 0),
             "reward_mean": float(np.mean([r for g in fresh for r in g.rewards])),
             "lags": [self.state["version"] - 1 - g.weights_version for g in fresh],
             "wall": self.state.get("wall_before", 0.0) + time.perf_counter() - t_start,
@@ -144,16 +145,25 @@ class Trainer(threading.Thread):
 
     async def _mark(self, item_ids: list[str], stale: list[tuple[str, str]]) -> None:
         self.hub.mark_trained(item_ids, stale, self.state["version"])
+        await self.hub.pump()  # dropped or trained rows free the dispatch window
 
     def collect(self, n: int) -> list:
+        """n scored groups from the hub. With `drop_no_signal` (DAPO dynamic sampling) a group
+        whose rewards are all equal has zero advantage everywhere: it is dropped at once
+        (reason `no_signal`) so it neither dilutes the token mean nor holds the hub's window."""
         groups = []
         while len(groups) < n:
             if self.stop_event.is_set():
                 raise Stopped
             try:
-                groups.append(self.inbox.get(timeout=COLLECT_POLL_S))
+                g = self.inbox.get(timeout=COLLECT_POLL_S)
             except queue.Empty:
                 continue
+            if self.cfg.loss.drop_no_signal and len(set(g.rewards)) == 1:
+                self.state["dropped_no_signal"] = self.state.get("dropped_no_signal", 0) + 1
+                self.call_hub(self._mark([], [(g.item_id, "no_signal")]))
+                continue
+            groups.append(g)
         return groups
 
     def drop_stale(self, groups: list) -> tuple[list, list[tuple[str, str]]]:

@@ -56,6 +56,11 @@ class LearnerConfig(_Section):
     prompts_per_step: int = Field(16, ge=1, le=4096, description="Prompt groups per optimiser step.")
     max_steps: int = Field(100, ge=0, le=1_000_000, description="Budget in optimiser steps.")
     max_samples: int = Field(0, ge=0, description="Budget in trained samples; 0 = only max_steps counts.")
+    max_in_flight: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Prompt groups dispatched but not yet trained or dropped; 0 = prompts_per_step x (max_lag + 1), "
+        "doubled with drop_no_signal.",
+    )
     micro_batch: int = Field(64, ge=1, le=4096, description="Samples per forward/backward micro-batch.")
     threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
     eval_every: int = Field(25, ge=0, description="Held-out greedy evaluation every N steps (0 = only before and after).")
@@ -73,6 +78,9 @@ class LossConfig(_Section):
     dual_clip: float = Field(3.0, gt=1, description="Dual-clip constant c for negative advantages.")
     is_cap: float = Field(2.0, ge=1, description="Truncation C of the importance weight π_prox/μ.")
     max_lag: int = Field(1, ge=0, le=1000, description="Groups older than this many versions are dropped (0 = on-policy).")
+    drop_no_signal: bool = Field(
+        True, description="Drop groups whose rewards are all equal (zero advantage) instead of training on them (DAPO dynamic sampling)."
+    )
 
 
 CREDIT_METHODS = Literal["uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden", "shuffled"]
@@ -102,7 +110,7 @@ class ActorConfig(_Section):
     temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature for training rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling; 1.0 keeps the behaviour logprobs exact.")
     max_new_tokens: int = Field(48, ge=1, le=8192, description="Completion length cap.")
-    slots: int = Field(4, ge=1, le=1024, description="Prompt groups an actor asks for at once (credit).")
+    slots: int = Field(8, ge=1, le=1024, description="Prompt groups an actor asks for at once (credit).")
     threads: int = Field(1, ge=1, le=256, description="torch threads per actor process.")
     batch_size: int = Field(64, ge=1, le=4096, description="Rows per generate() call.")
     weights_dir: str = Field(
