@@ -123,6 +123,7 @@ class Hub:
 
     # --- handlers ------------------------------------------------------------------
     async def _on_hello(self, identity: bytes, msg: dict) -> None:
+        self.ep.unreachable.discard(identity)
         old = self.peers.pop(identity, None)
         if old is not None:
             self._release(old, "reconnect")
@@ -341,7 +342,12 @@ class Hub:
             await asyncio.sleep(HOUSEKEEPING_S)
             now = time.monotonic()
             for peer in list(self.peers.values()):
-                if now - peer.last_seen > self.cfg.hub.peer_timeout_s:
+                if peer.identity in self.ep.unreachable:
+                    self.ep.unreachable.discard(peer.identity)
+                    log.warning("peer %s disconnected: dropping it", peer.name)
+                    del self.peers[peer.identity]
+                    self._release(peer, "disconnected")
+                elif now - peer.last_seen > self.cfg.hub.peer_timeout_s:
                     log.warning("peer %s silent for %.1fs: dropping it", peer.name, now - peer.last_seen)
                     del self.peers[peer.identity]
                     self._release(peer, "silent")

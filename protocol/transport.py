@@ -52,6 +52,7 @@ class RouterEndpoint:
         self._seq = itertools.count()
         self.bad_messages = 0
         self.last_sent: dict[bytes, float] = {}
+        self.unreachable: set[bytes] = set()  # peers a send found disconnected
 
     async def recv(self) -> tuple[bytes, dict]:
         """Next valid message; garbage is answered with `error` and skipped."""
@@ -70,15 +71,21 @@ class RouterEndpoint:
                 await self._reply_error(identity, exc.code, str(exc))
 
     async def _reply_error(self, identity: bytes, code: str, text: str) -> None:
-        try:
-            await self.send(identity, "error", code=code, message=text[:1000])
-        except zmq.ZMQError:
-            pass  # the peer is already gone: nothing to answer
+        await self.send(identity, "error", code=code, message=text[:1000])
 
-    async def send(self, identity: bytes, kind: str, **fields) -> None:
+    async def send(self, identity: bytes, kind: str, **fields) -> bool:
+        """Send to one peer. False when the peer is gone (disconnected): the message is
+        dropped and the identity is added to `unreachable` for the owner's liveness sweep."""
         msg = messages.make(kind, self.name, next(self._seq), **fields)
-        await self.sock.send_multipart([identity, messages.encode(msg)])
+        try:
+            await self.sock.send_multipart([identity, messages.encode(msg)])
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.unreachable.add(identity)
+            return False
         self.last_sent[identity] = time.monotonic()
+        return True
 
     def close(self) -> None:
         self.sock.close(LINGER_MS)

@@ -53,8 +53,9 @@ def test_ctrl_c_then_resume_finishes_the_budget(bootstrap_dir, tmp_path):
     assert summary["completed"] and summary["steps"] == 6
     ledger = summary["ledger"]
     assert ledger["dispatched"] == ledger["trained"] + ledger["dropped"] + ledger["in_flight"]
-    assert ledger["trained"] == 6 * 16  # every step trained 16 groups, none twice
     steps = _steps(run_dir)
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
+    assert ledger["trained"] == sum(r["groups"] for r in rows) <= 6 * 16  # each step's groups, none twice
     assert steps[-1] == 6 and sorted(set(steps)) == list(range(1, 7))
     assert (run_dir / "weights" / "v000006" / "READY").exists()
 
@@ -76,7 +77,7 @@ def test_killed_actor_loses_no_rollout(bootstrap_dir, tmp_path):
     assert ledger["dispatched"] == ledger["trained"] + ledger["dropped"] + ledger["in_flight"]
     db = sqlite3.connect(run_dir / "ledger.sqlite")
     retried = db.execute("SELECT COUNT(*) FROM items WHERE attempts > 1").fetchone()[0]
-    lost = db.execute("SELECT COUNT(*) FROM items WHERE state='dropped' AND reason != 'stale'").fetchone()[0]
+    lost = db.execute("SELECT COUNT(*) FROM items WHERE state='dropped' AND reason NOT IN ('stale', 'no_signal')").fetchone()[0]
     assert lost == 0
     assert retried >= 1, "the killed actor's work should have been re-dispatched"
     assert ledger["trained"] == sum(r["groups"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r)

@@ -64,3 +64,12 @@ async def test_reconnect_gets_through_to_a_new_router_on_the_same_port():
     finally:
         dealer.close()
         router.close()
+
+
+async def test_send_to_a_gone_peer_is_dropped_and_reported():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    try:
+        assert await router.send(b"nobody", "heartbeat") is False
+        assert router.unreachable == {b"nobody"}
+    finally:
+        router.close()
