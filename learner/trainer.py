@@ -130,7 +130,8 @@ class Trainer(threading.Thread):
             "step": self.state["step"], "version": self.state["version"],
             "samples_trained": self.state["samples_trained"], "groups": len(fresh), "dropped_stale": len(stale),
             "dropped_no_signal_total": self.state.get("dropped_no_signal", 0),
-            "reward_mean": float(np.mean([r for g in fresh for r in g.rewards])),
+            "reward_mean": float(np.mean(self.seen_rewards)),  # all verified samples, incl. dropped groups
+            "reward_mean_trained": float(np.mean([r for g in fresh for r in g.rewards])),
             "lags": [self.state["version"] - 1 - g.weights_version for g in fresh],
             "wall": self.state.get("wall_before", 0.0) + time.perf_counter() - t_start,
             **stats, **{f"time_{k}": v for k, v in times.items()},
@@ -152,6 +153,7 @@ class Trainer(threading.Thread):
         whose rewards are all equal has zero advantage everywhere: it is dropped at once
         (reason `no_signal`) so it neither dilutes the token mean nor holds the hub's window."""
         groups = []
+        self.seen_rewards: list[float] = []  # every verified sample of this step, kept or dropped
         while len(groups) < n:
             if self.stop_event.is_set():
                 raise Stopped
@@ -159,6 +161,7 @@ class Trainer(threading.Thread):
                 g = self.inbox.get(timeout=COLLECT_POLL_S)
             except queue.Empty:
                 continue
+            self.seen_rewards.extend(g.rewards)
             if self.cfg.loss.drop_no_signal and len(set(g.rewards)) == 1:
                 self.state["dropped_no_signal"] = self.state.get("dropped_no_signal", 0) + 1
                 self.call_hub(self._mark([], [(g.item_id, "no_signal")]))

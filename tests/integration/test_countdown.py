@@ -42,6 +42,8 @@ def test_countdown_from_jsonl_reward_rises(countdown_model, tmp_path):
     assert summary["completed"] and summary["steps"] == STEPS
     ledger = summary["ledger"]
     assert ledger["dispatched"] == ledger["trained"] + ledger["dropped"] + ledger["in_flight"]
+    # reward of every verified sample (groups without signal included), ~400 samples a step:
+    # the standard error of a 10-step mean is ~0.005, so +0.02 is far outside the noise.
     rewards = [r["reward_mean"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
-    assert last >= first + 0.05, f"countdown reward did not rise: {first:.3f} -> {last:.3f}"
+    assert last >= first + 0.02 and last >= 1.25 * first, f"countdown reward did not rise: {first:.3f} -> {last:.3f}"

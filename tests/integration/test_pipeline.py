@@ -104,9 +104,10 @@ def test_run_completes_with_its_budget(finished_run):
 
 
 def test_reward_rises(finished_run):
+    """Reward of every verified sample (groups without signal included) per step."""
     rewards = [r["reward_mean"] for r in finished_run["rows"]]
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
-    assert last >= first + 0.05, f"reward did not rise: first 10 steps {first:.3f}, last 10 steps {last:.3f}"
+    assert last >= first + 0.04, f"reward did not rise: first 10 steps {first:.3f}, last 10 steps {last:.3f}"
 
 
 def test_ledger_balances(finished_run):
