@@ -22,13 +22,12 @@ import logging
 import os
 import signal
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 from prometheus_client import Counter, Gauge, start_http_server
 
-from actors.engines.hf import HFEngine
+from actors.engines import make_engine
 from actors.remote_weights import RemoteWeights
 from protocol.transport import DealerEndpoint
 from protocol.weights import WeightsError
@@ -54,7 +53,7 @@ class Actor:
         self.cfg = cfg
         self.name = name
         self.ep = DealerEndpoint(address, name, cfg.hub.heartbeat_s)
-        self.engine: HFEngine | None = None
+        self.engine = None  # HFEngine or VLLMEngine, built from the first weights
         self.queue: collections.deque[dict] = collections.deque()
         self.wakeup = asyncio.Event()
         self.busy = False
@@ -142,8 +141,7 @@ class Actor:
         try:
             folder = await self.weights_folder(msg)
             if self.engine is None:
-                a = self.cfg.actor
-                self.engine = await loop.run_in_executor(self.pool, lambda: HFEngine(folder, threads=a.threads, seed=zlib.crc32(self.name.encode())))
+                self.engine = await loop.run_in_executor(self.pool, lambda: make_engine(self.cfg.actor, folder, self.name))
             else:
                 await loop.run_in_executor(self.pool, self.engine.load_weights, folder, msg["manifest_sha256"])
         except (WeightsError, asyncio.TimeoutError) as exc:  # fault policy: keep the old weights, tell the learner
@@ -183,7 +181,7 @@ class Actor:
                 "rollout_group", work_id=work_id, prompt_id=prompt["id"], weights_version=self.engine.version,
                 weights_digest=self.digest, gen_seconds=seconds,
                 samples=[{"token_ids": x.token_ids.astype(np.int32), "logprobs": x.logprobs.astype(np.float32),
-                          "entropy": x.entropy.astype(np.float16), "hidden": None,
+                          "entropy": None if x.entropy is None else x.entropy.astype(np.float16), "hidden": None,
                           "finish_reason": x.finish_reason, "text": x.text} for x in samples])
 
     async def request_work(self) -> None:
