@@ -125,6 +125,7 @@ class VerifierConfig(_Section):
 
     count: int = Field(1, ge=0, le=64, description="Verifiers `scca run` starts on this machine.")
     slots: int = Field(4, ge=1, le=1024, description="Jobs a verifier accepts at once.")
+    job_timeout_s: float = Field(30.0, gt=0, le=3600, description="A verify job past this gets reward 0, reason timeout.")
 
 
 class HubConfig(_Section):

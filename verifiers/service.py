@@ -47,7 +47,6 @@ CACHE_HITS = Counter(P + "cache_hits_total", "Completions answered from the verd
 SANDBOX = Gauge(P + "sandbox_mode", "1 for the sandbox mode this verifier runs code in", ["mode"])
 
 RECV_POLL_S = 0.5
-JOB_TIMEOUT_S = 30.0  # a whole job (all completions of one group) past this gets reward 0
 CACHE_MAX = 100_000  # verdicts kept (oldest evicted first)
 
 
@@ -136,6 +135,7 @@ class Verifier:
             return
         keys = [VerdictCache.key(version, job["prompt"], job["meta"], c) for c in job["completions"]]
         found = [self.cache.get(k) for k in keys]
+        found = [None if v is None else (v[0], {**v[1], "cached": True}) for v in found]
         misses = [i for i, v in enumerate(found) if v is None]
         CACHE_HITS.inc(n - len(misses))
         if misses:
@@ -152,7 +152,7 @@ class Verifier:
         pool = self.pool
         fut = loop.run_in_executor(pool, score_many, job["task"], job["prompt"], job["meta"], completions)
         try:
-            rewards, details, _ = await asyncio.wait_for(fut, JOB_TIMEOUT_S)
+            rewards, details, _ = await asyncio.wait_for(fut, self.cfg.verifier.job_timeout_s)
             return list(zip(rewards, details))
         except BrokenProcessPool:  # another job's timeout replaced the pool under us: once more
             if retries == 0 or pool is self.pool:
