@@ -5,7 +5,9 @@ the bootstrap model), prints the share of weight mass on the first wrong token, 
 AUROC of the weights for finding it (all tokens / up to the error), the mass after the
 error, and the teacher pass as a fraction of a full step (sampling + forward/backward),
 all measured side by side in this one run. λ = λ_max with the gate off, so the weights
-are the variant's own, not the schedule's.
+are the variant's own, not the schedule's. The solution bank starts with one verified
+solution per prompt, so every wrong sample has a self-teacher context; diagnostics cover
+the rows a variant reweights.
 
     .venv/bin/python bench/credit.py [--model .cache/scca/bootstrap-s0] [--prompts 32] [--group 8]
 """
@@ -83,6 +85,8 @@ def main() -> None:
     for name in VARIANTS:
         cfg = CreditConfig(method=name, lam_max=args.lam, warmup_steps=0, ramp_steps=0, gate_ratio=0.0)
         step = CreditStep(cfg, model, tok, seed=0)
+        for g, r in zip(groups, rows):  # a verified solution per prompt, as the bank holds after training on it
+            step.bank.add(g.prompt_id, r["meta"]["solution"])
         with torch.no_grad():
             _, stats = step.weights(groups, completions, adv, step=0)
         cost = stats.get("time_teacher", 0.0) / step_s

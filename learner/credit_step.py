@@ -66,7 +66,9 @@ class CreditStep:
         w = self.fn(batch, lam=lam)  # [N,T]
         check_weights(w, mask)
         stats["credit/lambda"] = float(lam)
-        stats.update(self.diagnostics(groups, completions, w, mask))
+        # diagnostics over the rows the variant could reweight (a teacher row, where one is needed)
+        active = fields.get("has_teacher") if self.needs_teacher else None
+        stats.update(self.diagnostics(groups, completions, w, mask, active))
         self.bank_solutions(groups)
         return w, stats
 
@@ -88,11 +90,15 @@ class CreditStep:
             fields.update(teacher_kl_wrong=out["kl_wrong"][:, :T], has_wrong_teacher=out["has_wrong_teacher"])
         return fields
 
-    def diagnostics(self, groups: list, completions: list[list[int]], w: torch.Tensor, mask: torch.Tensor) -> dict:
-        """First-error mass / AUROC, where the verifier names the first wrong character."""
+    def diagnostics(self, groups: list, completions: list[list[int]], w: torch.Tensor, mask: torch.Tensor,
+                    active: torch.Tensor | None = None) -> dict:
+        """First-error mass / AUROC, where the verifier names the first wrong character
+        (rows outside `active` [N] bool are left out)."""
         first = []
-        for g, i in ((g, i) for g in groups for i in range(len(g.samples))):
+        for row, (g, i) in enumerate((g, i) for g in groups for i in range(len(g.samples))):
             char = (g.details[i] or {}).get("first_wrong") if g.rewards[i] < CORRECT else None
+            if active is not None and not bool(active[row]):
+                char = None
             if char is None:
                 first.append(-1)
                 continue
