@@ -21,6 +21,7 @@ import time
 import torch
 
 from learner.credit import REGISTRY, CreditBatch, check_weights
+from learner.credit_html import write_credit_html
 from learner.credit_schedule import LambdaSchedule, score_means
 from learner.diagnostics import credit_diagnostics, first_wrong_token_index
 from learner.logprobs import pad_right
@@ -41,6 +42,7 @@ class CreditStep:
         self.schedule = LambdaSchedule(lam_max=cfg.lam_max, warmup_steps=cfg.warmup_steps,
                                        ramp_steps=cfg.ramp_steps, gate_ratio=cfg.gate_ratio)
         self.needs_teacher = cfg.method in TEACHER_METHODS
+        self.last: tuple | None = None
 
     def weights(self, groups: list, completions: list[list[int]], adv: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         """w [N, T] for the flattened samples of `groups` (T = longest completion)."""
@@ -105,9 +107,19 @@ class CreditStep:
             pieces = [self.tok.decode([t], skip_special_tokens=True) for t in g.samples[i]["token_ids"].tolist()]
             first.append(first_wrong_token_index(pieces, int(char)))
         first_wrong = torch.tensor(first, dtype=torch.long)  # [N], -1 = no located error
+        self.last = (groups, w, first)  # for credit.html
         if not (first_wrong >= 0).any():
             return {}
         return credit_diagnostics(w, mask, first_wrong)
+
+    def write_html(self, path, title: str) -> None:
+        """credit.html of the last batch (see learner/credit_html.py)."""
+        groups, w, first = self.last
+        pieces = [[self.tok.decode([t], skip_special_tokens=True) for t in s["token_ids"].tolist()]
+                  for g in groups for s in g.samples]
+        rewards = [r for g in groups for r in g.rewards]
+        prompts = [g.prompt for g in groups for _ in g.samples]
+        write_credit_html(path, title, pieces, w, rewards, first, prompts)
 
     def bank_solutions(self, groups: list) -> None:
         for g in groups:

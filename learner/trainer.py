@@ -99,9 +99,12 @@ class Trainer(threading.Thread):
         self.tok.save_pretrained(self.run_dir / "final_model")
 
     def budget_spent(self) -> bool:
-        lc = self.cfg.learner
         if self.stop_event.is_set():
             raise Stopped
+        return self.budget_reached()
+
+    def budget_reached(self) -> bool:
+        lc = self.cfg.learner
         if lc.max_samples and self.state["samples_trained"] >= lc.max_samples:
             return True
         return self.state["step"] >= lc.max_steps
@@ -140,6 +143,8 @@ class Trainer(threading.Thread):
         M.observe_step(row)
         if self.cfg.learner.eval_every and self.state["step"] % self.cfg.learner.eval_every == 0:
             row["heldout_accuracy"] = self.evaluate()
+        if self.credit.last is not None and (self.state["step"] % 10 == 0 or self.budget_reached()):
+            self.credit.write_html(self.run_dir / "credit.html", f"{self.cfg.credit.method}, step {self.state['step']}")
         if self.state["step"] % self.cfg.learner.checkpoint_every == 0:
             save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
         self.log_row(row)

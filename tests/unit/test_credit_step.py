@@ -56,3 +56,12 @@ def test_weights_have_mean_one_and_the_expected_cost(method):
 def test_verified_solutions_are_banked():
     step, _, _ = _run("sc_kl")
     assert step.bank.newest("p0", exclude="") == "12+34=46;46+56=102;#102"
+
+
+def test_credit_html_marks_the_first_error_and_escapes_text(tmp_path):
+    step, _, _ = _run("sc_kl")
+    step.write_html(tmp_path / "credit.html", "sc_kl <step 5>")
+    page = (tmp_path / "credit.html").read_text()
+    assert "sc_kl &lt;step 5&gt;" in page
+    assert page.count("outline: 2px solid red") == 4  # the 4 wrong samples, first wrong char at index 20
+    assert page.count("<tr><td>") == 8
