@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.codec import ProtocolError, pack
-from protocol.messages import (LOGPROB_TOL, MAX_TOKENS, PROTO, SCHEMAS, decode, encode, make,
+from protocol.messages import (LOGPROB_TOL, MAX_TOKENS, MAX_WEIGHTS_CHUNK, PROTO, SCHEMAS, decode, encode, make,
                                validate)
 
 RNG = np.random.default_rng(1)
@@ -55,6 +55,9 @@ def valid(kind: str) -> dict:
         "weights_published": {"version": 4, "folder": "/runs/w/000004", "manifest_sha256": "ef" * 32},
         "weights_loaded": {"version": 4, "digest": "01" * 32, "canary_logprob": -3.25},
         "error": {"code": "bad_field", "message": "work.slots: expected int"},
+        "weights_fetch": {"version": 4, "file": "model.safetensors", "offset": 8 << 20, "length": 4 << 20},
+        "weights_chunk": {"version": 4, "file": "model.safetensors", "offset": 0, "size": 7_000_000,
+                          "data": bytes(range(256)) * 16},
     }[kind]
 
 
@@ -76,7 +79,8 @@ def assert_same(a, b):
 
 def test_every_kind_has_a_valid_example():
     assert set(SCHEMAS) == {"hello", "welcome", "heartbeat", "work_request", "work", "rollout_group",
-                            "verify_job", "verdicts", "ack", "weights_published", "weights_loaded", "error"}
+                            "verify_job", "verdicts", "ack", "weights_published", "weights_loaded", "error",
+                            "weights_fetch", "weights_chunk"}
 
 
 @pytest.mark.parametrize("kind", sorted(SCHEMAS))
@@ -364,3 +368,13 @@ def test_mutated_valid_message_is_independent_copy():
     m = make("work", "l", 0, **copy.deepcopy(f))
     m["prompts"][0]["text"] = "changed"
     assert make("work", "l", 0, **f)["prompts"][0]["text"] == "What is 6*7?"
+
+
+def test_weights_chunk_limits():
+    too_big = {"version": 1, "file": "model.safetensors", "offset": 0, "size": 1, "data": b"x" * (MAX_WEIGHTS_CHUNK + 1)}
+    with pytest.raises(ProtocolError, match="data"):
+        make("weights_chunk", "learner", 0, **too_big)
+    with pytest.raises(ProtocolError, match="length"):
+        make("weights_fetch", "a", 0, version=1, file="m", offset=0, length=MAX_WEIGHTS_CHUNK + 1)
+    with pytest.raises(ProtocolError, match="data"):
+        make("weights_chunk", "learner", 0, version=1, file="m", offset=0, size=1, data="not bytes")
