@@ -86,6 +86,7 @@ class CreditStep:
         out = teacher_scores(self.model, self.tok, prompts, completions, contexts,
                              wrong_contexts=wrong or None, template=self.cfg.template,
                              micro_batch=self.cfg.teacher_micro_batch)
+        out = {k: v.cpu() for k, v in out.items()}  # credit runs on CPU tensors (the trainer moves w)
         fields = {"teacher_kl": out["kl"][:, :T], "teacher_logq": out["logq"][:, :T],
                   "plain_logp": out["logp_plain"][:, :T], "has_teacher": out["has_teacher"]}
         if wrong:

@@ -42,12 +42,24 @@ def model_folder(cfg) -> Path:
     return Path(cfg.model.folder or cfg.model.bootstrap_dir)
 
 
+def learner_device(cfg) -> torch.device:
+    want = cfg.learner.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(want)
+
+
 def load_policy(cfg, run_dir: Path, resume: bool):
     folder = run_dir / "checkpoint" if resume else model_folder(cfg)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"no model at {folder}: run `scca bootstrap` or set [model] folder")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder)
+    device = learner_device(cfg)
+    if device.type == "cuda":  # full fp32 matmuls: the canary must match the actors' within 1e-3
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    model.to(device)  # before AdamW, so its state lives on the same device
     model.eval()
     lc = cfg.learner
     opt = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay)

@@ -198,6 +198,9 @@ class Trainer(threading.Thread):
         adv_all = torch.tensor(adv, dtype=torch.float32)  # [N]
         with torch.no_grad():
             w_all, credit_stats = self.credit.weights(groups, completions, adv_all, self.state["step"])  # [N,Tmax]
+        dev = next(self.model.parameters()).device
+        adv_all, w_all = adv_all.to(dev), w_all.to(dev)
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" and lc.bf16)
         total_tokens = sum(len(c) for c in completions)
         self.model.train()
         sums: dict[str, float] = {}
@@ -205,9 +208,10 @@ class Trainer(threading.Thread):
         for lo in range(0, len(completions), lc.micro_batch):
             hi = lo + lc.micro_batch
             batch = build_batch(prompt_ids[lo:hi], completions[lo:hi], self.tok.pad_token_id)
-            logp, mask, _ = token_logprobs(self.model, batch)  # [b,T], [b,T]
+            with autocast:  # bf16 matmuls on CUDA; token_logprobs' log_softmax stays fp32
+                logp, mask, _ = token_logprobs(self.model, batch)  # [b,T], [b,T]
             T = logp.shape[1]
-            logp_behav = pad_right(behav[lo:hi], T, 0.0)  # [b,T]
+            logp_behav = pad_right(behav[lo:hi], T, 0.0).to(dev)  # [b,T]
             adv_tok = token_advantages(adv_all[lo:hi], w_all[lo:hi, :T])  # [b,T]
             loss, stats = policy_loss(logp, logp.detach(), logp_behav, adv_tok, mask,
                                       eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high,

@@ -63,6 +63,8 @@ class LearnerConfig(_Section):
     )
     micro_batch: int = Field(64, ge=1, le=4096, description="Samples per forward/backward micro-batch.")
     threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Learner device; auto = cuda when available.")
+    bf16: bool = Field(True, description="bf16 autocast for the learner's forward passes on CUDA (weights stay fp32).")
     eval_every: int = Field(25, ge=0, description="Held-out greedy evaluation every N steps (0 = only before and after).")
     keep_snapshots: int = Field(3, ge=1, le=1000, description="Weight snapshots kept on disk.")
     checkpoint_every: int = Field(25, ge=1, description="Checkpoint (model + optimizer + ledger position) every N steps.")
@@ -113,6 +115,7 @@ class ActorConfig(_Section):
     slots: int = Field(8, ge=1, le=1024, description="Prompt groups an actor asks for at once (credit).")
     threads: int = Field(1, ge=1, le=256, description="torch threads per actor process.")
     batch_size: int = Field(64, ge=1, le=4096, description="Rows per generate() call.")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Actor engine device (hf: cpu/cuda; vllm: auto).")
     weights_dir: str = Field(
         "",
         description="Empty: read snapshots from the learner's folder (shared filesystem). "
