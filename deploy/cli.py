@@ -71,7 +71,8 @@ def cmd_bootstrap(args) -> int:
         return 0
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
-    train = task.generate(args.seed, 60_000, "train")
+    # arith: the 200k rows of the measured bootstrap (window at step 600, deterministic)
+    train = task.generate(args.seed, 200_000 if args.task == "arith" else 60_000, "train")
     heldout = task.generate(args.seed, 500, "heldout")
     # countdown: stop at the first evaluation in the window (its greedy accuracy swings
     # between evaluations, so waiting for 15% can take thousands of steps).
