@@ -34,6 +34,9 @@ CORRECT = 1.0  # reward of a verified solution (banked, usable as a context)
 
 class CreditStep:
     def __init__(self, cfg, model, tokenizer, seed: int):
+        if cfg.method == "hidden":
+            raise ValueError("[credit] method = \"hidden\" needs projected hidden-state summaries from the actors, "
+                             "which the engines do not send yet; pick another method")
         self.cfg = cfg  # CreditConfig
         self.model, self.tok = model, tokenizer
         self.fn = REGISTRY[cfg.method]

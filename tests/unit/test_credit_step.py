@@ -65,3 +65,8 @@ def test_credit_html_marks_the_first_error_and_escapes_text(tmp_path):
     assert "sc_kl &lt;step 5&gt;" in page
     assert page.count("outline: 2px solid red") == 4  # the 4 wrong samples, first wrong char at index 20
     assert page.count("<tr><td>") == 8
+
+
+def test_hidden_is_refused_up_front_with_the_reason():
+    with pytest.raises(ValueError, match="hidden-state summaries"):
+        _run("hidden")
