@@ -11,7 +11,8 @@ What it does:
   jobs likewise (ids are idempotent: a late duplicate is ignored);
 * checks each `weights_loaded` (digest + canary) against the learner's and quarantines a
   mismatching actor (its work is re-dispatched, it gets no more);
-* runs held-out evaluations through the same actors and verifiers (greedy, group 1).
+* runs held-out evaluations through the same actors and verifiers (greedy, group 1);
+  serves snapshot chunks to actors without the shared filesystem (weights_server.py).
 
 What it does not do: it never computes gradients (the trainer thread does) and never
 reads answers except to pass `meta` on to verifiers.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import json
 import logging
 import math
 import random
@@ -33,8 +33,8 @@ import numpy as np
 
 from learner import metrics as M
 from learner.ledger import Ledger
+from learner.weights_server import read_chunk
 from protocol.transport import RouterEndpoint
-from protocol.weights import MANIFEST, READY
 
 log = logging.getLogger("scca.hub")
 
@@ -110,11 +110,12 @@ class Hub:
             peer.last_seen = time.monotonic()
         kind = msg["kind"]
         if kind == "hello":
-            await self._on_hello(identity, msg)
-            return
+            return await self._on_hello(identity, msg)
         if peer is None:
             await self.ep.send(identity, "error", code="not_registered", message=f"send hello before {kind}")
             return
+        if kind == "heartbeat":
+            return None  # any message is a heartbeat: last_seen is already updated
         handler = getattr(self, f"_on_{kind}", None)
         if handler is None:
             await self.ep.send(identity, "error", code="unexpected_kind", message=f"the learner does not take {kind!r}")
@@ -131,9 +132,6 @@ class Hub:
         log.info("peer %s joined as %s", msg["name"], msg["role"])
         await self.ep.send(identity, "welcome", run_id=self.run_id, weights=self.weights)
         self._update_peer_metrics()
-
-    async def _on_heartbeat(self, peer: Peer, msg: dict) -> None:
-        pass
 
     async def _on_error(self, peer: Peer, msg: dict) -> None:
         log.warning("peer %s reported error %s: %s", peer.name, msg["code"], msg["message"])
@@ -166,23 +164,16 @@ class Hub:
 
     async def _on_weights_fetch(self, peer: Peer, msg: dict) -> None:
         """Serve one chunk of a snapshot file to an actor without the shared filesystem."""
-        folder = self.weights_root / f"v{msg['version']:06d}" if self.weights_root else None
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text()) if folder else None
-        except FileNotFoundError:
-            manifest = None
-        name = msg["file"]
-        if manifest is None or not (folder / READY).exists() or (name != MANIFEST and name not in manifest["files"]):
+        chunk = read_chunk(self.weights_root, msg["version"], msg["file"], msg["offset"], msg["length"]) \
+            if self.weights_root else None
+        if chunk is None:
             await self.ep.send(peer.identity, "error", code="weights_unavailable",
-                               message=f"v{msg['version']}/{name} is not a file of a kept snapshot")
+                               message=f"v{msg['version']}/{msg['file']} is not a file of a kept snapshot")
             return
-        path = folder / name
-        with open(path, "rb") as f:
-            f.seek(msg["offset"])
-            data = f.read(msg["length"])
+        data, size = chunk
         M.WEIGHT_BYTES_SERVED.inc(len(data))
-        await self.ep.send(peer.identity, "weights_chunk", version=msg["version"], file=name, offset=msg["offset"],
-                           size=path.stat().st_size, data=data)
+        await self.ep.send(peer.identity, "weights_chunk", version=msg["version"], file=msg["file"],
+                           offset=msg["offset"], size=size, data=data)
 
     async def _on_rollout_group(self, peer: Peer, msg: dict) -> None:
         await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])
@@ -248,7 +239,7 @@ class Hub:
         return lc.prompts_per_step * (self.cfg.loss.max_lag + 1) * (2 if self.cfg.loss.drop_no_signal else 1)
 
     def _window_open(self) -> bool:
-        return self.training_open and self.ledger.counts()["in_flight"] < self._window()
+        return self.training_open and self.ledger.in_flight_count() < self._window()
 
     def _next_item(self) -> tuple[str, str]:
         if self.retry:
@@ -289,7 +280,6 @@ class Hub:
                                sampling=sampling, eval=False)
             peer.credit -= 1
         await self._pump_verifiers()
-        M.update_ledger(self.ledger.counts())
 
     async def _pump_verifiers(self) -> None:
         while self.verify_queue:
@@ -356,6 +346,7 @@ class Hub:
             for item_id, _, state in self.ledger.expired():
                 self._requeue(item_id, state)
             self._retry_stuck_eval()
+            M.update_ledger(self.ledger.counts())
             self._update_peer_metrics()
             await self.pump()
 

@@ -146,6 +146,11 @@ class Ledger:
             "SELECT item_id, prompt_id, state FROM items WHERE state IN ('dispatched','generated','scored')"
         ).fetchall()
 
+    def in_flight_count(self) -> int:
+        """Rows dispatched but not yet trained or dropped (uses the state index; hot path)."""
+        return int(self.db.execute(
+            "SELECT COUNT(*) FROM items WHERE state IN ('dispatched','generated','scored')").fetchone()[0])
+
     def counts(self) -> dict[str, int]:
         by_state = dict(self.db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
         c = {s: int(by_state.get(s, 0)) for s in STATES}

@@ -84,3 +84,11 @@ def test_wal_and_meta(tmp_path):
     assert led.get_meta("cursor") == "8" and led.get_meta("none", "d") == "d"
     mode = sqlite3.connect(tmp_path / "l.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_in_flight_count_matches_counts(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    for i in range(4):
+        led.dispatch(f"x{i}", "x", "a", 60, 0)
+    led.drop("x0", "stale")
+    assert led.in_flight_count() == led.counts()["in_flight"] == 3
