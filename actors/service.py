@@ -127,7 +127,8 @@ class Actor:
         batch, rows = [first], len(first["prompts"]) * first["group_size"]
         while self.queue and self.queue[0]["kind"] == "work":
             nxt = self.queue[0]
-            same = (nxt["sampling"], nxt["group_size"], nxt["eval"]) == (first["sampling"], first["group_size"], first["eval"])
+            key = ("sampling", "group_size", "eval", "hidden_k")
+            same = all(nxt.get(k) == first.get(k) for k in key)
             more = len(nxt["prompts"]) * nxt["group_size"]
             if not same or rows + more > self.cfg.actor.batch_size:
                 break
@@ -171,7 +172,8 @@ class Actor:
         t = time.perf_counter()
         groups = await loop.run_in_executor(self.pool, lambda: self.engine.generate(
             [p["text"] for _, p in todo], n, temperature=s["temperature"], top_p=s["top_p"],
-            max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size))
+            max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size,
+            hidden_k=batch[0]["hidden_k"]))
         seconds = time.perf_counter() - t
         n_tokens = sum(len(x.token_ids) for g in groups for x in g)
         ROLLOUTS.inc(sum(len(g) for g in groups))
@@ -182,7 +184,8 @@ class Actor:
                 "rollout_group", work_id=work_id, prompt_id=prompt["id"], weights_version=self.engine.version,
                 weights_digest=self.digest, gen_seconds=seconds,
                 samples=[{"token_ids": x.token_ids.astype(np.int32), "logprobs": x.logprobs.astype(np.float32),
-                          "entropy": None if x.entropy is None else x.entropy.astype(np.float16), "hidden": None,
+                          "entropy": None if x.entropy is None else x.entropy.astype(np.float16),
+                          "hidden": None if x.hidden is None else x.hidden.astype(np.float16),
                           "finish_reason": x.finish_reason, "text": x.text} for x in samples])
 
     async def request_work(self) -> None:

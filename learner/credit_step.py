@@ -26,7 +26,9 @@ from learner.credit_schedule import LambdaSchedule, score_means
 from learner.diagnostics import credit_diagnostics, first_wrong_token_index
 from learner.logprobs import pad_right
 from learner.solution_bank import SolutionBank, pick_contexts, pick_wrong_contexts
+from learner.summaries import hidden_summaries
 from learner.teacher import teacher_scores
+from protocol.summaries import HIDDEN_K
 
 TEACHER_METHODS = {"sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "shuffled"}
 CORRECT = 1.0  # reward of a verified solution (banked, usable as a context)
@@ -34,9 +36,6 @@ CORRECT = 1.0  # reward of a verified solution (banked, usable as a context)
 
 class CreditStep:
     def __init__(self, cfg, model, tokenizer, seed: int):
-        if cfg.method == "hidden":
-            raise ValueError("[credit] method = \"hidden\" needs projected hidden-state summaries from the actors, "
-                             "which the engines do not send yet; pick another method")
         self.cfg = cfg  # CreditConfig
         self.model, self.tok = model, tokenizer
         self.fn = REGISTRY[cfg.method]
@@ -64,8 +63,13 @@ class CreditStep:
             mean_bad, mean_good = score_means(fields["teacher_kl"], mask, adv, fields["has_teacher"])
             lam = self.schedule.update(step, mean_bad, mean_good)
             stats.update(self.schedule.metrics())
-        else:
-            lam = 0.0 if self.cfg.method == "uniform" else self.cfg.lam_max
+        elif self.cfg.method == "hidden":
+            t = time.perf_counter()
+            fields["hidden"], stats["credit/hidden_from_actors"] = self.hidden_states(groups, completions, T)
+            stats["time_teacher"] = time.perf_counter() - t
+            lam = self.schedule.ramp(step)
+        else:  # uniform, entropy: no teacher, so no gate; the same warm-up ramp
+            lam = 0.0 if self.cfg.method == "uniform" else self.schedule.ramp(step)
         batch = CreditBatch(token_ids=token_ids, mask=mask, adv=adv, group_index=group_index,
                             shuffle_seed=self.rng.randrange(2**31), **fields)
         w = self.fn(batch, lam=lam)  # [N,T]
@@ -76,6 +80,22 @@ class CreditStep:
         stats.update(self.diagnostics(groups, completions, w, mask, active))
         self.bank_solutions(groups)
         return w, stats
+
+    def hidden_states(self, groups: list, completions: list[list[int]], T: int) -> tuple[torch.Tensor, float]:
+        """[N, T, k] projected hidden states: the actor's where it sent them, else computed
+        here (learner/summaries.py); and the share of rows that came from actors."""
+        samples = [(g, s) for g in groups for s in g.samples]
+        have = [s.get("hidden") is not None and s["hidden"].shape[1] == HIDDEN_K for _, s in samples]
+        missing = [i for i, ok in enumerate(have) if not ok]
+        computed = dict(zip(missing, hidden_summaries(
+            self.model, [self.tok(samples[i][0].prompt)["input_ids"] for i in missing],
+            [completions[i] for i in missing], self.tok.pad_token_id,
+            micro_batch=self.cfg.teacher_micro_batch))) if missing else {}
+        h = torch.zeros((len(samples), T, HIDDEN_K), dtype=torch.float32)  # [N, T, k]
+        for i, (_, s) in enumerate(samples):
+            a = s["hidden"] if have[i] else computed[i]  # [T_i, k] float16
+            h[i, : a.shape[0]] = torch.from_numpy(a.astype("float32"))
+        return h, sum(have) / len(have)
 
     def teacher(self, groups: list, completions: list[list[int]], T: int) -> dict:
         contexts, wrong, prompts = [], [], []

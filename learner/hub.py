@@ -34,6 +34,7 @@ import numpy as np
 from learner import metrics as M
 from learner.ledger import Ledger
 from learner.weights_server import read_chunk
+from protocol.summaries import HIDDEN_K
 from protocol.transport import RouterEndpoint
 
 log = logging.getLogger("scca.hub")
@@ -92,6 +93,7 @@ class Hub:
         self.digest_ok = 0
         self.sync_events: list[dict] = []  # every weights_loaded, checked (written to weights_sync.jsonl)
         self.digest_bad = 0
+        self.hidden_k = HIDDEN_K if cfg.credit.method == "hidden" else None  # actors send hidden states only for it
 
     # --- main loop -----------------------------------------------------------------
     async def serve(self) -> None:
@@ -277,7 +279,7 @@ class Hub:
             row = self.rows[prompt_id]
             await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
                                prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=a.group_size,
-                               sampling=sampling, eval=False)
+                               sampling=sampling, eval=False, hidden_k=self.hidden_k)
             peer.credit -= 1
         await self._pump_verifiers()
 

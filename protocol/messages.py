@@ -34,6 +34,7 @@ MAX_PROMPTS = 1024  # prompts per work item, also slots per work_request
 MAX_WEIGHTS_CHUNK = 8 * 1024 * 1024  # bytes of one weights_chunk
 MAX_PROMPT_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt text
 MAX_IDS = 1 << 16  # ids in one ack
+MAX_HIDDEN_K = 1024  # projected hidden-state width k a work message may ask for
 LOGPROB_TOL = 1e-4  # logprobs may exceed 0 by this much (float rounding)
 MAX_SEQ = (1 << 64) - 1  # msgpack uint64
 
@@ -270,6 +271,8 @@ def _check_sample(s: dict, path: str) -> None:
     t = ids.shape[0]  # T
     if t > MAX_TOKENS:
         raise ProtocolError("bad_array", f"{path}.token_ids: expected T <= {MAX_TOKENS}, got T={t}")
+    if hid is not None and not 1 <= hid.shape[1] <= MAX_HIDDEN_K:
+        raise ProtocolError("bad_array", f"{path}.hidden: expected k in [1, {MAX_HIDDEN_K}], got shape {list(hid.shape)}")
     for name, a in (("logprobs", lp), ("entropy", ent), ("hidden", hid)):
         if a is not None and a.shape[0] != t:
             raise ProtocolError("bad_array", f"{path}.{name}: expected length T={t} (token_ids), "
@@ -327,6 +330,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "sampling": Struct({"temperature": Float(0.0), "top_p": Float(0.0, 1.0, lo_open=True),
                             "max_new_tokens": Int(1, MAX_TOKENS)}),
         "eval": Bool(),
+        "hidden_k": Opt(Int(1, MAX_HIDDEN_K)),  # also send projected hidden states [T, k] (protocol.summaries)
     },
     "rollout_group": {"work_id": Str(), "prompt_id": Str(), "weights_version": Int(0),
                       "weights_digest": Str(), "gen_seconds": Float(0.0),

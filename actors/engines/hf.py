@@ -16,8 +16,13 @@ top_p = 1 this equals log_softmax(z_t / T), which a teacher-forced pass reproduc
 
 Weights are swapped in place from verified safetensors snapshots (`protocol.weights`).
 
-What this does NOT do: talk to the hub, batch across calls, compute hidden-state
-summaries, or run on vLLM (see actors/engines/vllm.py).
+With `hidden_k` it also returns each token's projected last-layer hidden state
+(`protocol.summaries`: the input of the output embedding at the position whose logits
+μ_t came from, times the shared fixed projection R [H, k], float16), captured by a
+forward pre-hook on the output embedding, so no [layers, B, L, H] stack is kept.
+
+What this does NOT do: talk to the hub, batch across calls, or run on vLLM (see
+actors/engines/vllm.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from protocol.summaries import project, projection
 from protocol.weights import (
     MANIFEST,
     WeightsError,
@@ -46,6 +52,7 @@ class Sample:
     entropy: np.ndarray | None  # float32 [T] entropy of μ_t (nats); None: engine cannot give it
     text: str  # decoded completion without special tokens
     finish_reason: str  # "stop" (emitted eos) or "length"
+    hidden: np.ndarray | None = None  # float16 [T, k] projected hidden states; None unless asked
 
 
 def behaviour_stats(scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,11 +108,13 @@ class HFEngine:
         top_p: float = 1.0,
         max_new_tokens: int,
         batch_size: int = 64,
+        hidden_k: int | None = None,
     ) -> list[list[Sample]]:
         """n samples for each prompt (result[i] belongs to prompts[i]).
 
         temperature 0 is greedy: each prompt is decoded once and copied n times.
         Rows (prompt repeated n times) are processed batch_size at a time.
+        hidden_k: also return projected hidden states [T, hidden_k] per sample.
         """
         if n < 1 or max_new_tokens < 1 or batch_size < 1:
             raise ValueError("n, max_new_tokens and batch_size must be >= 1")
@@ -122,7 +131,7 @@ class HFEngine:
                 torch.cuda.set_rng_state(self._cuda_rng, self.device)
             for start in range(0, len(rows), batch_size):
                 chunk = [prompts[i] for i in rows[start : start + batch_size]]
-                samples.extend(self._generate_batch(chunk, greedy, temperature, top_p, max_new_tokens))
+                samples.extend(self._generate_batch(chunk, greedy, temperature, top_p, max_new_tokens, hidden_k))
             self._cpu_rng = torch.get_rng_state()
             if self._cuda_rng is not None:
                 self._cuda_rng = torch.cuda.get_rng_state(self.device)
@@ -147,10 +156,20 @@ class HFEngine:
             return GenerationConfig(do_sample=False, **kw)
         return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, **kw)
 
-    def _generate_batch(self, texts, greedy, temperature, top_p, max_new) -> list[Sample]:
+    def _generate_batch(self, texts, greedy, temperature, top_p, max_new, hidden_k=None) -> list[Sample]:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
         gc = self._generation_config(greedy, temperature, top_p, max_new)
-        out = self.model.generate(**enc, generation_config=gc)
+        steps: list[torch.Tensor] = []  # per forward: [B, k] projected state of the last position
+        hook = None
+        if hidden_k is not None:
+            head = self.model.get_output_embeddings()
+            r = projection(head.in_features, hidden_k).to(self.device)
+            hook = head.register_forward_pre_hook(lambda _m, args: steps.append(project(args[0][:, -1, :], r)))
+        try:
+            out = self.model.generate(**enc, generation_config=gc)
+        finally:
+            if hook is not None:
+                hook.remove()
         P = enc["input_ids"].shape[1]
         gen = out.sequences[:, P:]  # [B, T] completion ids, pad after eos
         scores = torch.stack(out.scores, dim=1)  # [B, T, V] warped logits μ was drawn from
@@ -158,6 +177,7 @@ class HFEngine:
         gen_np = gen.cpu().numpy()
         logp_np = logp.cpu().numpy()
         ent_np = ent.cpu().numpy()
+        hid_np = torch.stack(steps[: gen.shape[1]], dim=1).cpu().numpy() if hook is not None else None  # [B, T, k]
         result = []
         for b in range(gen_np.shape[0]):
             ids = gen_np[b]
@@ -172,6 +192,7 @@ class HFEngine:
                     entropy=ent_np[b, :T].astype(np.float32),
                     text=self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True),
                     finish_reason="stop" if stop else "length",
+                    hidden=None if hid_np is None else hid_np[b, :T].copy(),
                 )
             )
         return result
@@ -211,4 +232,5 @@ class HFEngine:
 
 
 def _copy(s: Sample) -> Sample:
-    return Sample(s.token_ids.copy(), s.logprobs.copy(), s.entropy.copy(), s.text, s.finish_reason)
+    return Sample(s.token_ids.copy(), s.logprobs.copy(), s.entropy.copy(), s.text, s.finish_reason,
+                  None if s.hidden is None else s.hidden.copy())

@@ -37,7 +37,9 @@ compares with its own value at tolerance CANARY_TOL.
 
 What this does NOT do: talk to the hub, load the model on more than one device (tensor
 parallelism is vLLM's `tensor_parallel_size`, not wired here), use `batch_size` (vLLM's
-scheduler batches all rows of a call continuously), or compute hidden-state summaries.
+scheduler batches all rows of a call continuously), or compute hidden-state summaries
+(`hidden_k` is accepted and ignored: samples carry hidden = None and the learner computes
+the summaries itself, learner/summaries.py).
 """
 
 from __future__ import annotations
@@ -179,6 +181,7 @@ class VLLMEngine:
         top_p: float = 1.0,
         max_new_tokens: int,
         batch_size: int = 64,
+        hidden_k: int | None = None,
     ) -> list[list[Sample]]:
         """n samples for each prompt (result[i] belongs to prompts[i]).
 

@@ -40,7 +40,8 @@ def _run(method, **kw):
     return step, groups, step.weights(groups, completions, adv, step=5)
 
 
-@pytest.mark.parametrize("method", ["uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy", "shuffled"])
+@pytest.mark.parametrize("method", ["uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy",
+                                    "hidden", "shuffled"])
 def test_weights_have_mean_one_and_the_expected_cost(method):
     step, groups, (w, stats) = _run(method)
     n_tokens = len(groups[0].samples[0]["token_ids"])
@@ -67,6 +68,21 @@ def test_credit_html_marks_the_first_error_and_escapes_text(tmp_path):
     assert page.count("<tr><td>") == 8
 
 
-def test_hidden_is_refused_up_front_with_the_reason():
-    with pytest.raises(ValueError, match="hidden-state summaries"):
-        _run("hidden")
+def test_hidden_uses_the_actors_summaries_and_computes_missing_ones_itself():
+    step, groups, (w_computed, stats) = _run("hidden")
+    assert stats["credit/hidden_from_actors"] == 0.0
+    assert not torch.allclose(w_computed, torch.ones_like(w_computed))  # correct vs wrong rows differ
+    # the same summaries arriving from the actors give the same weights without a forward pass
+    tok = step.tok
+    completions = [s["token_ids"].tolist() for g in groups for s in g.samples]
+    h, _ = step.hidden_states(groups, completions, len(completions[0]))  # [N, T, k]
+    for row, s in enumerate(x for g in groups for x in g.samples):
+        s["hidden"] = h[row].numpy().astype(np.float16)
+    again = CreditStep(step.cfg, step.model, tok, seed=0)
+    w_sent, stats_sent = again.weights(groups, completions, torch.tensor([1.0, -1.0] * 4), step=5)
+    assert stats_sent["credit/hidden_from_actors"] == 1.0
+    assert torch.allclose(w_sent, w_computed, atol=1e-3)
+    # a summary of the wrong width is recomputed, not trusted
+    groups[0].samples[0]["hidden"] = np.zeros((len(completions[0]), 8), np.float16)
+    _, stats_bad = again.weights(groups, completions, torch.tensor([1.0, -1.0] * 4), step=5)
+    assert stats_bad["credit/hidden_from_actors"] == 7 / 8

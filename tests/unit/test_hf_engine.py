@@ -172,3 +172,25 @@ def test_load_weights_wrong_architecture_is_rejected_untouched(tmp_path, folder)
     with pytest.raises(WeightsError, match="shape"):
         eng.load_weights(info["folder"], info["manifest_sha256"])
     assert eng.digest() == d0 and eng.version == 0
+
+
+def test_hidden_summaries_match_the_learners_forward_pass(folder):
+    """hidden_k: the projected state captured while sampling equals the one the learner
+    computes teacher-forced for the same tokens (learner/summaries.py), up to float16."""
+    from learner.summaries import hidden_summaries
+    from protocol.summaries import HIDDEN_K
+
+    eng = HFEngine(folder, seed=3)
+    out = eng.generate(PROMPTS, 2, temperature=1.0, max_new_tokens=10, batch_size=8, hidden_k=HIDDEN_K)
+    samples = [(p, s) for p, group in zip(PROMPTS, out) for s in group]
+    for _, s in samples:
+        assert s.hidden.dtype == np.float16 and s.hidden.shape == (len(s.token_ids), HIDDEN_K)
+    tok = eng.tokenizer
+    ref = hidden_summaries(eng.model, [tok(p)["input_ids"] for p, _ in samples],
+                           [s.token_ids.tolist() for _, s in samples], tok.pad_token_id, micro_batch=3)
+    for (_, s), r in zip(samples, ref):
+        assert r.shape == s.hidden.shape
+        np.testing.assert_allclose(s.hidden.astype(np.float32), r.astype(np.float32), atol=2e-2, rtol=1e-2)
+    assert float(np.abs(np.concatenate([r for r in ref])).mean()) > 0.05  # not all zeros
+    plain = eng.generate(PROMPTS, 2, temperature=1.0, max_new_tokens=10, batch_size=8)
+    assert all(s.hidden is None for group in plain for s in group)

@@ -116,6 +116,8 @@ def test_make_normalises_scalars_tuples_and_absent_nullables():
     w["sampling"]["temperature"] = 0  # greedy: int accepted, becomes float
     assert make("work", "l", 0, **w)["sampling"]["temperature"] == 0.0
     assert type(make("work", "l", 0, **w)["sampling"]["temperature"]) is float
+    assert make("work", "l", 0, **w)["hidden_k"] is None  # optional: absent means no hidden summaries
+    assert make("work", "l", 0, **{**w, "hidden_k": 32})["hidden_k"] == 32
 
 
 def test_logprob_tolerance_accepts_rounding():
@@ -207,6 +209,9 @@ CASES = [
     ("rollout_group", "samples.0.hidden", lambda a: a.astype(np.float32), "bad_array", ["samples[0].hidden"]),
     ("rollout_group", "samples.0.hidden", lambda a: a[:2], "bad_array", ["samples[0].hidden", "T=6"]),
     ("rollout_group", "samples.0.hidden", lambda a: a[:, 0], "bad_array", ["samples[0].hidden", "ndim 2"]),
+    ("rollout_group", "samples.0.hidden", lambda a: a[:, :0], "bad_array", ["samples[0].hidden", "k in [1, 1024]"]),
+    ("work", "hidden_k", 0, "bad_field", ["work.hidden_k"]),
+    ("work", "hidden_k", 1025, "bad_field", ["work.hidden_k"]),
     ("rollout_group", "samples.1", sample(t=T_BIG, hidden=False), "bad_array", ["samples[1].token_ids", "8192"]),
     ("rollout_group", "samples.0.logprobs", _lp(np.nan), "bad_array", ["samples[0].logprobs", "finite"]),
     ("rollout_group", "samples.0.logprobs", _lp(-np.inf), "bad_array", ["samples[0].logprobs", "finite"]),
