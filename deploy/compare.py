@@ -9,7 +9,8 @@ What it does: for every method (`grpo` is `uniform`) and seed, runs the whole pi
   OUT/results.md    mean ± 95% bootstrap CI per method, paired differences against grpo
   OUT/accuracy.png  held-out accuracy vs samples per method, mean with a CI band
 A run whose folder already holds a completed summary is reused, so an interrupted
-comparison continues where it stopped.
+comparison continues where it stopped; the one run it was in the middle of is deleted and
+run again from the start (a half-trained run is not resumed into the table).
 
 What it does not do: no parallel runs (2 cores: runs would only slow each other), no
 significance test beyond the bootstrap CI of the paired differences.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,8 @@ def run_one(cfg: RunConfig, method: str, seed: int, out: Path) -> Path:
     summary = run_dir / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("completed"):
         return run_dir
+    if run_dir.exists():  # interrupted part-way: start this run again from scratch
+        shutil.rmtree(run_dir)
     cfg = cfg.model_copy(update={
         "credit": cfg.credit.model_copy(update={"method": method_to_credit(method)}),
         "learner": cfg.learner.model_copy(update={"seed": seed}),
