@@ -102,13 +102,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from deploy.compare import compare
+    from deploy.compare import check_methods, compare
 
-    cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
-    ensure_bootstrap(cfg)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "grpo" not in methods:
         methods.insert(0, "grpo")
+    check_methods(methods)  # before a bootstrap that may take minutes
+    cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
+    ensure_bootstrap(cfg)
     print(compare(cfg, methods, list(range(args.seeds)), Path(args.out), args.target))
     return 0
 

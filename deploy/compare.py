@@ -23,11 +23,12 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from deploy.launcher import run
-from protocol.config import RunConfig
+from protocol.config import CREDIT_METHODS, ConfigError, RunConfig
 
 FINAL_EVALS = 3  # final accuracy = mean of the last this-many evaluations
 BOOTSTRAP_RESAMPLES = 2000
@@ -99,6 +100,11 @@ def bootstrap_ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, f
     return float(values.mean()), float(lo), float(hi)
 
 
+def _nanmean(xs: list[float]) -> float:
+    xs = [x for x in xs if math.isfinite(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
 def write_tables(results: list[dict], out: Path) -> str:
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -117,7 +123,7 @@ def write_tables(results: list[dict], out: Path) -> str:
         dtxt = f"{d[0]:+.3f} ({d[1]:+.3f}, {d[2]:+.3f})" if d else "—"
         stt = np.nanmedian([r["samples_to_target"] for r in rs]) if any(math.isfinite(r["samples_to_target"]) for r in rs) else float("nan")
         lines.append(f"| {m} | {len(rs)} | {mean:.3f} ({lo:.3f}, {hi:.3f}) | {dtxt} | {stt:.0f} | "
-                     f"{np.nanmean([r['first_error_mass'] for r in rs]):.3f} | {np.nanmean([r['first_error_auroc'] for r in rs]):.3f} | "
+                     f"{_nanmean([r['first_error_mass'] for r in rs]):.3f} | {_nanmean([r['first_error_auroc'] for r in rs]):.3f} | "
                      f"{np.mean([r['teacher_overhead'] for r in rs]):.2f} |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
@@ -147,7 +153,15 @@ def plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], out: Path) -> N
     fig.savefig(out / "accuracy.png", dpi=120)
 
 
+def check_methods(methods: list[str]) -> None:
+    known = ("grpo", *get_args(CREDIT_METHODS))
+    bad = [m for m in methods if m not in known]
+    if bad or not methods:
+        raise ConfigError(f"unknown credit method(s) {bad or '(none given)'}; known: {', '.join(known)}")
+
+
 def compare(cfg: RunConfig, methods: list[str], seeds: list[int], out: Path, target: float | None) -> str:
+    check_methods(methods)
     out.mkdir(parents=True, exist_ok=True)
     dirs = {(m, s): run_one(cfg, m, s, out) for s in seeds for m in methods}
     if target is None:  # default target: the start accuracy + 10 points
