@@ -35,7 +35,8 @@ from learner.loss import group_advantages  # noqa: E402
 from protocol.config import CreditConfig  # noqa: E402
 from verifiers.tasks import arith  # noqa: E402
 
-VARIANTS = ("uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy", "shuffled")
+VARIANTS = ("uniform", "sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden",
+            "shuffled")
 
 
 def sample_groups(engine: HFEngine, rows: list[dict], group: int) -> tuple[list[Group], float]:

@@ -7,7 +7,7 @@ What it does:
     returns weights w >= 0 with mean_t w = 1 over the valid tokens of every non-empty
     sequence and w = 0 on padding, so `Â_it = A_i w_it` keeps each sequence's advantage
     mass (Σ_t Â_it = A_i Σ_t m_it) and, because w >= 0, its sign.
-  * Variants: `uniform` (GRPO), `sc_kl`, `sc_prefix`, `sc_pos`, `sc_contrast`,
+  * Variants: `uniform` (GRPO), `sc_kl`, `sc_prefix`, `sc_unshared`, `sc_pos`, `sc_contrast`,
     `sc_signed`, `entropy`, `hidden`, `shuffled`; `REGISTRY` maps config names to them.
     `score_weights` is DESIGN §6 steps 4–5 shared by all score-based variants;
     `first_divergence` is the cut point of `sc_prefix`.
@@ -210,6 +210,40 @@ def sc_prefix(batch: CreditBatch, *, lam: float) -> Tensor:
     return torch.where(in_prefix, w_pre, m)
 
 
+def shared_prefix_len(token_ids: Tensor, mask: Tensor, adv: Tensor, group_index: Tensor) -> Tensor:
+    """ℓ [B] long: the longest prefix (in tokens) row i shares with a row of its group whose
+    advantage has the opposite sign (0 when A_i = 0 or there is no such row)."""
+    valid = _float_mask(mask) > 0  # [B, T]
+    out = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
+    for i in torch.nonzero(adv != 0).squeeze(1).tolist():
+        opp = (group_index == group_index[i]) & (torch.sign(adv) == -torch.sign(adv[i]))  # [B]
+        if not opp.any():
+            continue
+        same = (token_ids[opp] == token_ids[i][None, :]) & valid[opp] & valid[i][None, :]  # [b, T]
+        out[i] = same.long().cumprod(dim=1).sum(dim=1).max()
+    return out
+
+
+def sc_unshared(batch: CreditBatch, *, lam: float) -> Tensor:
+    """`sc_kl` on the tokens no opposite-sign sibling shares; w = 1 on the shared prefix.
+
+    ℓ_i = `shared_prefix_len` (longest common token prefix of row i with a sibling whose
+    advantage has the other sign). On t < ℓ_i, w = 1: there the sibling produced the same
+    token in the same context, so uniform credit's opposite pushes on it cancel within the
+    group (Σ_j A_j ∇log π(y_t | x, y_<t) over the rows sharing it); a per-row mean-1
+    reweighting would leave a residual push there that no outcome explains. On t >= ℓ_i,
+    `score_weights` of s = `teacher_kl` with the suffix's own mean (mean_{t>=ℓ} w = 1), so
+    mean_t w = 1 over the row. Rows with A = 0, no teacher, or an empty suffix get w = m.
+    DESIGN §6 "weights that only redistribute among tokens the siblings do not share".
+    """
+    s = _need(batch, "teacher_kl", "sc_unshared")
+    m = _float_mask(batch.mask)
+    ell = shared_prefix_len(batch.token_ids, m, batch.adv, batch.group_index)  # [B]
+    own = torch.arange(m.shape[1], device=m.device)[None, :] >= ell[:, None]  # [B, T]
+    w_own = score_weights(s, m * own, lam, _has_teacher(batch) & (batch.adv != 0))
+    return torch.where(own, w_own, m)
+
+
 def sc_pos(batch: CreditBatch, *, lam: float) -> Tensor:
     """`sc_kl` on samples with A > 0 only; w = m on negatives (and A = 0).
 
@@ -359,6 +393,7 @@ REGISTRY: dict[str, CreditFn] = {
     "uniform": uniform,
     "sc_kl": sc_kl,
     "sc_prefix": sc_prefix,
+    "sc_unshared": sc_unshared,
     "sc_pos": sc_pos,
     "sc_contrast": sc_contrast,
     "sc_signed": sc_signed,

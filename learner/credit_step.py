@@ -30,7 +30,7 @@ from learner.summaries import hidden_summaries
 from learner.teacher import teacher_scores
 from protocol.summaries import HIDDEN_K
 
-TEACHER_METHODS = {"sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "shuffled"}
+TEACHER_METHODS = {"sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "shuffled"}
 CORRECT = 1.0  # reward of a verified solution (banked, usable as a context)
 
 

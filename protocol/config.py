@@ -85,7 +85,7 @@ class LossConfig(_Section):
     )
 
 
-CREDIT_METHODS = Literal["uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden", "shuffled"]
+CREDIT_METHODS = Literal["uniform", "sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden", "shuffled"]
 
 
 class CreditConfig(_Section):

@@ -40,7 +40,7 @@ def _run(method, **kw):
     return step, groups, step.weights(groups, completions, adv, step=5)
 
 
-@pytest.mark.parametrize("method", ["uniform", "sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy",
+@pytest.mark.parametrize("method", ["uniform", "sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "entropy",
                                     "hidden", "shuffled"])
 def test_weights_have_mean_one_and_the_expected_cost(method):
     step, groups, (w, stats) = _run(method)

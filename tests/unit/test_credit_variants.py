@@ -20,7 +20,7 @@ from learner.credit import (
 
 torch.set_num_threads(1)
 
-VARIANTS = ["sc_kl", "sc_prefix", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden", "shuffled"]
+VARIANTS = ["sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden", "shuffled"]
 
 
 def _row_batch(values: list[float], adv: float = 1.0, **kw) -> CreditBatch:
@@ -206,3 +206,23 @@ def test_shuffled_is_a_seeded_permutation_of_sc_kl():
     assert torch.equal(REGISTRY["shuffled"](b, lam=0.7), w_sh)  # deterministic in the seed
     other = CreditBatch(**{**b.__dict__, "shuffle_seed": 99})
     assert not torch.equal(REGISTRY["shuffled"](other, lam=0.7), w_sh)
+
+
+def test_sc_unshared_keeps_the_prefix_shared_with_an_opposite_sibling_uniform():
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 3, 3], [5, 6, 1, 1, 1], [5, 6, 7, 8, 9]])
+    adv = torch.tensor([1.0, -1.0, -1.0, 0.0])  # row 3 (A = 0) is nobody's opposite
+    kl = torch.tensor([[0.1, 0.2, 0.3, 4.0, 0.4]] * 4)
+    b = CreditBatch(token_ids=ids, mask=torch.ones(4, 5), adv=adv, group_index=torch.zeros(4, dtype=torch.long),
+                    teacher_kl=kl)
+    from learner.credit import shared_prefix_len
+    assert shared_prefix_len(ids, b.mask, adv, b.group_index).tolist() == [3, 3, 2, 0]
+    w = REGISTRY["sc_unshared"](b, lam=1.0)
+    check_weights(w, b.mask)
+    torch.testing.assert_close(w[0, :3], torch.ones(3))  # shared with row 1 (opposite sign)
+    torch.testing.assert_close(w[0, 3:], torch.tensor([4.0, 0.4]) / 2.2)  # s / mean over the own suffix
+    torch.testing.assert_close(w[2, :2], torch.ones(2))
+    torch.testing.assert_close(w[3], torch.ones(5))  # A = 0
+    # a different group is not a sibling: alone in its group, row 1 is plain sc_kl
+    alone = CreditBatch(token_ids=ids[1:2], mask=torch.ones(1, 5), adv=adv[1:2],
+                        group_index=torch.zeros(1, dtype=torch.long), teacher_kl=kl[1:2])
+    torch.testing.assert_close(REGISTRY["sc_unshared"](alone, lam=0.7), REGISTRY["sc_kl"](alone, lam=0.7))
