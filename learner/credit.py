@@ -227,14 +227,12 @@ def shared_prefix_len(token_ids: Tensor, mask: Tensor, adv: Tensor, group_index:
 def sc_unshared(batch: CreditBatch, *, lam: float) -> Tensor:
     """`sc_kl` on the tokens no opposite-sign sibling shares; w = 1 on the shared prefix.
 
-    ℓ_i = `shared_prefix_len` (longest common token prefix of row i with a sibling whose
-    advantage has the other sign). On t < ℓ_i, w = 1: there the sibling produced the same
-    token in the same context, so uniform credit's opposite pushes on it cancel within the
-    group (Σ_j A_j ∇log π(y_t | x, y_<t) over the rows sharing it); a per-row mean-1
-    reweighting would leave a residual push there that no outcome explains. On t >= ℓ_i,
-    `score_weights` of s = `teacher_kl` with the suffix's own mean (mean_{t>=ℓ} w = 1), so
-    mean_t w = 1 over the row. Rows with A = 0, no teacher, or an empty suffix get w = m.
-    DESIGN §6 "weights that only redistribute among tokens the siblings do not share".
+    ℓ_i = `shared_prefix_len`. On t < ℓ_i, w = 1: an opposite-sign sibling made the same
+    token in the same context, so uniform credit's pushes on it cancel within the group;
+    a per-row mean-1 reweighting would leave a residual push no outcome explains. On
+    t >= ℓ_i, `score_weights` of s = `teacher_kl` with the suffix's own mean, so mean_t w = 1.
+    Rows with A = 0, no teacher or an empty suffix get w = m. DESIGN §6: "weights that
+    only redistribute among tokens the siblings do not share".
     """
     s = _need(batch, "teacher_kl", "sc_unshared")
     m = _float_mask(batch.mask)
