@@ -211,8 +211,7 @@ def sc_prefix(batch: CreditBatch, *, lam: float) -> Tensor:
 
 
 def shared_prefix_len(token_ids: Tensor, mask: Tensor, adv: Tensor, group_index: Tensor) -> Tensor:
-    """ℓ [B] long: the longest prefix (in tokens) row i shares with a row of its group whose
-    advantage has the opposite sign (0 when A_i = 0 or there is no such row)."""
+    """ℓ [B] long: longest token prefix row i shares with an opposite-sign row of its group (else 0)."""
     valid = _float_mask(mask) > 0  # [B, T]
     out = torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device)
     for i in torch.nonzero(adv != 0).squeeze(1).tolist():

@@ -93,7 +93,6 @@ class Hub:
         self.digest_ok = 0
         self.sync_events: list[dict] = []  # every weights_loaded, checked (written to weights_sync.jsonl)
         self.digest_bad = 0
-        self.hidden_k = HIDDEN_K if cfg.credit.method == "hidden" else None  # actors send hidden states only for it
 
     # --- main loop -----------------------------------------------------------------
     async def serve(self) -> None:
@@ -261,6 +260,7 @@ class Hub:
         """Send whatever can be sent: eval chunks, training work, verify jobs."""
         a = self.cfg.actor
         sampling = {"temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens}
+        hidden_k = HIDDEN_K if self.cfg.credit.method == "hidden" else None  # summaries only for `hidden`
         while self.eval is not None and self.eval["chunks"] and self._actors():
             peer = self._actors()[0]
             chunk = self.eval["chunks"].popleft()
@@ -279,7 +279,7 @@ class Hub:
             row = self.rows[prompt_id]
             await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
                                prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=a.group_size,
-                               sampling=sampling, eval=False, hidden_k=self.hidden_k)
+                               sampling=sampling, eval=False, hidden_k=hidden_k)
             peer.credit -= 1
         await self._pump_verifiers()
 
