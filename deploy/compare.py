@@ -146,7 +146,7 @@ def plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], out: Path) -> N
         ax.plot(x, mean, label=f"{method} (n={len(runs)})")
         ax.fill_between(x, mean - half, mean + half, alpha=0.2)
     ax.set_xlabel("samples trained")
-    ax.set_ylabel("greedy held-out accuracy")
+    ax.set_ylabel("held-out accuracy")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -11,7 +11,8 @@ What it does:
   jobs likewise (ids are idempotent: a late duplicate is ignored);
 * checks each `weights_loaded` (digest + canary) against the learner's and quarantines a
   mismatching actor (its work is re-dispatched, it gets no more);
-* runs held-out evaluations through the same actors and verifiers (greedy, group 1);
+* runs held-out evaluations through the same actors and verifiers (greedy, or the mean
+  of `eval_samples` samples at the training temperature);
   serves snapshot chunks to actors without the shared filesystem (weights_server.py).
 
 What it does not do: it never computes gradients (the trainer thread does) and never
@@ -40,7 +41,7 @@ from protocol.transport import RouterEndpoint
 log = logging.getLogger("scca.hub")
 
 CANARY_TOL = 1e-3  # |canary logprob difference| above this quarantines an actor
-EVAL_CHUNK = 50  # held-out prompts per eval work message
+EVAL_CHUNK = 50  # held-out samples per eval work message (prompts x eval_samples)
 HOUSEKEEPING_S = 0.5  # period of the lease / liveness sweep
 
 
@@ -204,7 +205,7 @@ class Hub:
         ev = self.eval
         if ev is None or msg["weights_version"] != ev["version"] or msg["prompt_id"] in ev["texts"]:
             return
-        ev["texts"][msg["prompt_id"]] = msg["samples"][0]["text"]
+        ev["texts"][msg["prompt_id"]] = [s["text"] for s in msg["samples"]]
         ev["progress"] = time.monotonic()
         self.verify_queue.append(f"eval-{ev['version']}-{msg['prompt_id']}")
 
@@ -215,7 +216,7 @@ class Hub:
             ev = self.eval
             pid = job_id.split("-", 2)[2]
             if ev is not None and job_id.startswith(f"eval-{ev['version']}-") and pid not in ev["rewards"]:
-                ev["rewards"][pid] = msg["rewards"][0]
+                ev["rewards"][pid] = list(msg["rewards"])
                 ev["progress"] = time.monotonic()
                 if len(ev["rewards"]) == len(self.heldout):
                     ev["done"].set()
@@ -264,10 +265,12 @@ class Hub:
         while self.eval is not None and self.eval["chunks"] and self._actors():
             peer = self._actors()[0]
             chunk = self.eval["chunks"].popleft()
+            k = self.cfg.learner.eval_samples
             greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": a.max_new_tokens}
             prompts = [{"id": r["id"], "text": r["prompt"]} for r in chunk]
             await self.ep.send(peer.identity, "work", work_id=f"eval-{self.eval['version']}-{chunk[0]['id']}",
-                               policy_version=self.version, prompts=prompts, group_size=1, sampling=greedy, eval=True)
+                               policy_version=self.version, prompts=prompts, group_size=k,
+                               sampling=greedy if k == 1 else sampling, eval=True)
             peer.credit -= 1
         while self._window_open() and self._actors():
             peer = self._actors()[0]
@@ -295,7 +298,7 @@ class Hub:
                 row = self.eval["rows"].get(pid) if self.eval else None
                 if row is None or pid in self.eval["rewards"]:
                     continue
-                completions = [self.eval["texts"][pid]]
+                completions = self.eval["texts"][pid]
             else:
                 group = self.pending.get(job_id)
                 if group is None:
@@ -327,7 +330,8 @@ class Hub:
 
     def _missing_eval_chunks(self) -> list[list[dict]]:
         missing = [r for r in self.heldout if r["id"] not in self.eval["texts"]]
-        return [missing[i:i + EVAL_CHUNK] for i in range(0, len(missing), EVAL_CHUNK)]
+        n = max(1, EVAL_CHUNK // self.cfg.learner.eval_samples)
+        return [missing[i:i + n] for i in range(0, len(missing), n)]
 
     async def _housekeeping(self) -> None:
         while True:
@@ -388,15 +392,18 @@ class Hub:
     def stop_training(self) -> None:
         self.training_open = False
 
-    async def evaluate(self, timeout_s: float = 1800.0) -> float:
-        """Greedy held-out accuracy of the current version, through actors and verifiers."""
+    async def evaluate(self, timeout_s: float = 1800.0) -> tuple[float, dict[str, list[float]]]:
+        """Held-out accuracy of the current version, through actors and verifiers, and the
+        rewards per prompt id. Greedy, or with `eval_samples` = k > 1 the mean over prompts
+        of each prompt's mean reward over k samples at the training temperature."""
         rows = self.heldout
         self.eval = {"version": self.version, "rows": {r["id"]: r for r in rows}, "texts": {}, "rewards": {},
                      "done": asyncio.Event(), "chunks": collections.deque(), "progress": time.monotonic()}
         self.eval["chunks"].extend(self._missing_eval_chunks())
         await self.pump()
         await asyncio.wait_for(self.eval["done"].wait(), timeout_s)
-        acc = float(np.mean(list(self.eval["rewards"].values())))
+        rewards = self.eval["rewards"]
+        acc = float(np.mean([np.mean(r) for r in rewards.values()]))
         self.eval = None
         M.HELDOUT.set(acc)
-        return acc if math.isfinite(acc) else 0.0
+        return (acc if math.isfinite(acc) else 0.0), rewards

@@ -234,7 +234,12 @@ class Trainer(threading.Thread):
         self.call_hub(self.hub.publish(info, canary))
 
     def evaluate(self) -> float:
-        acc = self.call_hub(self.hub.evaluate())
+        """Held-out accuracy; every evaluation's rewards per prompt go to heldout.jsonl
+        (paired comparisons between runs need them prompt by prompt)."""
+        acc, rewards = self.call_hub(self.hub.evaluate())
+        with open(self.run_dir / "heldout.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.state["step"], "version": self.state["version"], "accuracy": acc,
+                                "samples_per_prompt": self.cfg.learner.eval_samples, "rewards": rewards}) + "\n")
         self.state["last_eval"], self.state["last_eval_version"] = acc, self.state["version"]
         log.info("held-out accuracy at v%d: %.3f", self.state["version"], acc)
         return acc

@@ -42,7 +42,7 @@ class TaskConfig(_Section):
     train_file: str = Field("", description="JSONL of training prompts; empty = generated procedurally into the run folder.")
     heldout_file: str = Field("", description="JSONL of held-out prompts; empty = generated procedurally.")
     train_size: int = Field(50_000, ge=1, le=10_000_000, description="Procedural training prompts generated.")
-    heldout_size: int = Field(500, ge=1, le=100_000, description="Held-out prompts for greedy evaluation.")
+    heldout_size: int = Field(500, ge=1, le=100_000, description="Held-out prompts for evaluation.")
     seed: int = Field(0, ge=0, description="Seed of the procedural generator (fixes the held-out split).")
 
 
@@ -65,7 +65,12 @@ class LearnerConfig(_Section):
     threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Learner device; auto = cuda when available.")
     bf16: bool = Field(True, description="bf16 autocast for the learner's forward passes on CUDA (weights stay fp32).")
-    eval_every: int = Field(25, ge=0, description="Held-out greedy evaluation every N steps (0 = only before and after).")
+    eval_every: int = Field(25, ge=0, description="Held-out evaluation every N steps (0 = only before and after).")
+    eval_samples: int = Field(
+        1, ge=1, le=64,
+        description="Samples per held-out prompt: 1 = greedy accuracy; k > 1 = mean accuracy of k samples at the "
+        "actors' temperature/top_p (pass@1 estimated from k; steadier than greedy on a weak model).",
+    )
     keep_snapshots: int = Field(3, ge=1, le=1000, description="Weight snapshots kept on disk.")
     checkpoint_every: int = Field(25, ge=1, description="Checkpoint (model + optimizer + ledger position) every N steps.")
     seed: int = Field(0, ge=0, description="Seed of the learner (data order, init of the optimizer).")

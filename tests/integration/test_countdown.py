@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 
 COUNTDOWN_DIR = ROOT / ".cache" / "scca" / "bootstrap-countdown-s0"
 STEPS = 40
+EVAL_K = 4  # held-out accuracy = mean reward of 4 samples per prompt at the training temperature
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_countdown_from_jsonl_reward_rises(countdown_model, tmp_path):
     run_dir = tmp_path / "run"
     overrides = sets(task={"name": "countdown", "train_file": str(train), "heldout_file": str(heldout)},
                      model={"bootstrap_dir": str(countdown_model)},
-                     learner={"max_steps": STEPS, "eval_every": 0, "lr": 3e-4})
+                     learner={"max_steps": STEPS, "eval_every": 0, "lr": 3e-4, "eval_samples": EVAL_K})
     proc = scca("run", "deploy/default.toml", "--out", str(run_dir), *overrides, log=tmp_path / "run.log")
     assert proc.wait(1200) == 0, (tmp_path / "run.log").read_text()[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -47,3 +48,11 @@ def test_countdown_from_jsonl_reward_rises(countdown_model, tmp_path):
     rewards = [r["reward_mean"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
     assert last >= first + 0.02 and last >= 1.25 * first, f"countdown reward did not rise: {first:.3f} -> {last:.3f}"
+    # sampled evaluation: before and after, every held-out prompt scored k times
+    evals = read_jsonl(run_dir / "heldout.jsonl")
+    assert [e["step"] for e in evals] == [0, STEPS]
+    for e in evals:
+        assert e["samples_per_prompt"] == EVAL_K and len(e["rewards"]) == 100
+        assert all(len(r) == EVAL_K for r in e["rewards"].values())
+        assert e["accuracy"] == pytest.approx(np.mean([np.mean(r) for r in e["rewards"].values()]))
+    assert summary["heldout_accuracy_before"] == pytest.approx(evals[0]["accuracy"])

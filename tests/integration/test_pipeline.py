@@ -101,6 +101,10 @@ def test_run_completes_with_its_budget(finished_run):
     assert s["completed"] and s["steps"] == STEPS
     assert s["samples_trained"] == sum(r["groups"] for r in finished_run["rows"]) * 8
     assert s["heldout_accuracy_before"] is not None and s["heldout_accuracy_after"] is not None
+    evals = read_jsonl(finished_run["dir"] / "heldout.jsonl")  # greedy: one reward per held-out prompt
+    assert [len(e["rewards"]) for e in evals] == [200, 200] and evals[-1]["step"] == STEPS
+    assert all(len(r) == 1 and r[0] in (0.0, 1.0) for e in evals for r in e["rewards"].values())
+    assert s["heldout_accuracy_after"] == pytest.approx(evals[-1]["accuracy"])
 
 
 def test_reward_rises(finished_run):
