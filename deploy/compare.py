@@ -8,7 +8,8 @@ What it does: for every method (`grpo` is `uniform`) and seed, runs the whole pi
                     teacher_overhead, wall_seconds
   OUT/results.md    mean ± 95% bootstrap CI per method, paired differences against grpo
   OUT/accuracy.png  held-out accuracy vs samples per method, mean with a CI band
-A run whose folder already holds a completed summary is reused, so an interrupted
+A run whose folder already holds a completed summary made with the same config is reused
+(one made with another config is refused with the keys that differ), so an interrupted
 comparison continues where it stopped; the one run it was in the middle of is deleted and
 run again from the start (a half-trained run is not resumed into the table).
 
@@ -42,18 +43,37 @@ def method_to_credit(method: str) -> str:
 
 
 def run_one(cfg: RunConfig, method: str, seed: int, out: Path) -> Path:
+    """Run `method` with `seed` into out/METHOD-sSEED, or reuse the finished run there.
+    A finished run made with any other config is refused (ConfigError naming the keys
+    that differ), never silently put in the table."""
     run_dir = out / f"{method}-s{seed}"
-    summary = run_dir / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("completed"):
-        return run_dir
-    if run_dir.exists():  # interrupted part-way: start this run again from scratch
-        shutil.rmtree(run_dir)
     cfg = cfg.model_copy(update={
         "credit": cfg.credit.model_copy(update={"method": method_to_credit(method)}),
         "learner": cfg.learner.model_copy(update={"seed": seed}),
     })
+    summary = run_dir / "summary.json"
+    if summary.exists() and json.loads(summary.read_text()).get("completed"):
+        diff = config_diff(json.loads((run_dir / "config.json").read_text()), json.loads(cfg.resolved_json()))
+        if diff:
+            raise ConfigError(f"{run_dir} was run with another config ({'; '.join(diff[:5])}): "
+                              "use another --out, or delete that run")
+        return run_dir
+    if run_dir.exists():  # interrupted part-way: start this run again from scratch
+        shutil.rmtree(run_dir)
     run(cfg, run_dir)
     return run_dir
+
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'section.key: old != new' for every leaf that differs between two config dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} != {b!r}")
+    return out
 
 
 def curve(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:

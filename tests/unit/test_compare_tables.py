@@ -2,12 +2,15 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deploy.compare import check_methods, curve, summarise, write_tables
-from protocol.config import ConfigError
+from deploy.compare import check_methods, curve, run_one, summarise, write_tables
+from protocol.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_folder(path, accs, per_step=100, evals_every=2, teacher=None):
@@ -57,3 +60,19 @@ def test_unknown_methods_are_named():
     check_methods(["grpo", "sc_prefix", "hidden", "shuffled"])
     with pytest.raises(ConfigError, match=r"unknown credit method\(s\) \['sc_best'\]"):
         check_methods(["grpo", "sc_best"])
+
+
+def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
+    cfg = load_config(ROOT / "deploy" / "compare_countdown.toml")
+    run_dir = tmp_path / "sc_kl-s1"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"completed": True}))
+    made = cfg.model_copy(update={"credit": cfg.credit.model_copy(update={"method": "sc_kl"}),
+                                  "learner": cfg.learner.model_copy(update={"seed": 1})})
+    (run_dir / "config.json").write_text(made.resolved_json())
+    assert run_one(cfg, "sc_kl", 1, tmp_path) == run_dir  # same config: reused, nothing run
+    gate = cfg.credit.gate_ratio
+    other = cfg.model_copy(update={"credit": cfg.credit.model_copy(update={"gate_ratio": gate + 0.5})})
+    with pytest.raises(ConfigError, match=rf"credit.gate_ratio: {gate} != {gate + 0.5}"):
+        run_one(other, "sc_kl", 1, tmp_path)
+    assert (run_dir / "summary.json").exists()  # the finished run is kept
