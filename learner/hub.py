@@ -262,15 +262,15 @@ class Hub:
         a = self.cfg.actor
         sampling = {"temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens}
         hidden_k = HIDDEN_K if self.cfg.credit.method == "hidden" else None  # summaries only for `hidden`
+        k = self.cfg.learner.eval_samples  # 1 = greedy
+        eval_sampling = sampling if k > 1 else {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": a.max_new_tokens}
         while self.eval is not None and self.eval["chunks"] and self._actors():
             peer = self._actors()[0]
             chunk = self.eval["chunks"].popleft()
-            k = self.cfg.learner.eval_samples
-            greedy = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": a.max_new_tokens}
             prompts = [{"id": r["id"], "text": r["prompt"]} for r in chunk]
             await self.ep.send(peer.identity, "work", work_id=f"eval-{self.eval['version']}-{chunk[0]['id']}",
-                               policy_version=self.version, prompts=prompts, group_size=k,
-                               sampling=greedy if k == 1 else sampling, eval=True)
+                               policy_version=self.version, prompts=prompts, group_size=k, sampling=eval_sampling,
+                               eval=True)
             peer.credit -= 1
         while self._window_open() and self._actors():
             peer = self._actors()[0]
@@ -393,9 +393,8 @@ class Hub:
         self.training_open = False
 
     async def evaluate(self, timeout_s: float = 1800.0) -> tuple[float, dict[str, list[float]]]:
-        """Held-out accuracy of the current version, through actors and verifiers, and the
-        rewards per prompt id. Greedy, or with `eval_samples` = k > 1 the mean over prompts
-        of each prompt's mean reward over k samples at the training temperature."""
+        """Held-out accuracy of the current version (mean over prompts of each prompt's mean
+        reward) and the rewards per prompt id, through actors and verifiers."""
         rows = self.heldout
         self.eval = {"version": self.version, "rows": {r["id"]: r for r in rows}, "texts": {}, "rewards": {},
                      "done": asyncio.Event(), "chunks": collections.deque(), "progress": time.monotonic()}
