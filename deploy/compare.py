@@ -28,7 +28,7 @@ from typing import get_args
 
 import numpy as np
 
-from deploy.launcher import run
+from deploy.launcher import resolved_config, run
 from protocol.config import CREDIT_METHODS, ConfigError, RunConfig
 
 FINAL_EVALS = 3  # final accuracy = mean of the last this-many evaluations
@@ -53,7 +53,8 @@ def run_one(cfg: RunConfig, method: str, seed: int, out: Path) -> Path:
     })
     summary = run_dir / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("completed"):
-        diff = config_diff(json.loads((run_dir / "config.json").read_text()), json.loads(cfg.resolved_json()))
+        diff = config_diff(json.loads((run_dir / "config.json").read_text()),
+                           json.loads(resolved_config(cfg, run_dir).resolved_json()))
         if diff:
             raise ConfigError(f"{run_dir} was run with another config ({'; '.join(diff[:5])}): "
                               "use another --out, or delete that run")

@@ -60,19 +60,28 @@ def prompt_rows(cfg: RunConfig, split: str, given: str) -> list[dict] | None:
     return task.generate(cfg.task.seed, n, split)
 
 
-def prepare_run(cfg: RunConfig, run_dir: Path) -> RunConfig:
-    """Write the run's prompt files; return the config with absolute paths."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def resolved_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """The config a run in `run_dir` records: absolute paths, and the prompt files where
+    prepare_run writes them (generated or converted rows go to run_dir/data/)."""
+    from verifiers.tasks import JSONL
+
     task = cfg.task
     updates = {}
     for split, given in (("train", task.train_file), ("heldout", task.heldout_file)):
-        rows = prompt_rows(cfg, split, given)
-        path = run_dir / "data" / f"{split}.jsonl" if rows is not None else Path(given)
-        if rows is not None:
-            write_jsonl(rows, path)
-        updates[f"{split}_file"] = str(path.resolve())
+        written = task.name in JSONL or not given
+        updates[f"{split}_file"] = str((run_dir / "data" / f"{split}.jsonl" if written else Path(given)).resolve())
     model = cfg.model.model_copy(update={"bootstrap_dir": str(Path(cfg.model.bootstrap_dir).resolve())})
-    cfg = cfg.model_copy(update={"task": task.model_copy(update=updates), "model": model})
+    return cfg.model_copy(update={"task": task.model_copy(update=updates), "model": model})
+
+
+def prepare_run(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """Write the run's prompt files; return the config with absolute paths."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for split, given in (("train", cfg.task.train_file), ("heldout", cfg.task.heldout_file)):
+        rows = prompt_rows(cfg, split, given)
+        if rows is not None:
+            write_jsonl(rows, run_dir / "data" / f"{split}.jsonl")
+    cfg = resolved_config(cfg, run_dir)
     (run_dir / "config.json").write_text(cfg.resolved_json())
     return cfg
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deploy.compare import check_methods, curve, run_one, summarise, write_tables
+from deploy.launcher import prepare_run
 from protocol.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,11 +66,10 @@ def test_unknown_methods_are_named():
 def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     cfg = load_config(ROOT / "deploy" / "compare_countdown.toml")
     run_dir = tmp_path / "sc_kl-s1"
-    run_dir.mkdir()
-    (run_dir / "summary.json").write_text(json.dumps({"completed": True}))
     made = cfg.model_copy(update={"credit": cfg.credit.model_copy(update={"method": "sc_kl"}),
                                   "learner": cfg.learner.model_copy(update={"seed": 1})})
-    (run_dir / "config.json").write_text(made.resolved_json())
+    prepare_run(made, run_dir)  # writes config.json (absolute paths) and the prompt files, as a real run does
+    (run_dir / "summary.json").write_text(json.dumps({"completed": True}))
     assert run_one(cfg, "sc_kl", 1, tmp_path) == run_dir  # same config: reused, nothing run
     gate = cfg.credit.gate_ratio
     other = cfg.model_copy(update={"credit": cfg.credit.model_copy(update={"gate_ratio": gate + 0.5})})
