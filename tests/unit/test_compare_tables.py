@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deploy.compare import check_methods, curve, run_one, summarise, write_tables
-from deploy.launcher import prepare_run
+from deploy.launcher import prepare_run, resolved_config
 from protocol.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,3 +76,27 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     with pytest.raises(ConfigError, match=rf"credit.gate_ratio: {gate} != {gate + 0.5}"):
         run_one(other, "sc_kl", 1, tmp_path)
     assert (run_dir / "summary.json").exists()  # the finished run is kept
+
+
+@pytest.mark.parametrize("case", ["procedural", "procedural_file", "jsonl"])
+def test_resolved_config_is_what_prepare_run_records(tmp_path, case):
+    """compare's reuse check relies on it: the config a run folder records is
+    resolved_config(requested config, folder), for every way prompts reach a run."""
+    rows = tmp_path / "rows.jsonl"
+    if case == "jsonl":
+        rows.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
+        task = {"name": "math", "train_file": str(rows), "heldout_file": str(rows)}
+    elif case == "procedural_file":
+        rows.write_text(json.dumps({"id": "p0", "prompt": "3 7 25#75=", "meta": {"numbers": [3, 7, 25], "target": 75}}) + "\n")
+        task = {"name": "countdown", "train_file": str(rows), "heldout_file": str(rows)}
+    else:
+        task = {"name": "countdown", "train_size": 100, "heldout_size": 10}
+    cfg = load_config(ROOT / "deploy" / "compare_countdown.toml", {"task": task})
+    run_dir = tmp_path / "run"
+    prepared = prepare_run(cfg, run_dir)
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded == json.loads(resolved_config(cfg, run_dir).resolved_json()) == json.loads(prepared.resolved_json())
+    for split in ("train", "heldout"):
+        path = Path(recorded["task"][f"{split}_file"])
+        assert path.exists() and path.is_absolute()
+        assert (path == rows) == (case == "procedural_file")  # only a procedural task's own file is used in place
