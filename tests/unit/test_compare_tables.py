@@ -64,7 +64,7 @@ def test_unknown_methods_are_named():
 
 
 def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
-    cfg = load_config(ROOT / "deploy" / "compare_countdown.toml")
+    cfg = load_config(ROOT / "deploy" / "compare_countdown.toml", {"task": {"train_size": 100, "heldout_size": 10}})
     run_dir = tmp_path / "sc_kl-s1"
     made = cfg.model_copy(update={"credit": cfg.credit.model_copy(update={"method": "sc_kl"}),
                                   "learner": cfg.learner.model_copy(update={"seed": 1})})
