@@ -41,8 +41,8 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def prompt_rows(cfg: RunConfig, split: str, given: str) -> list[dict] | None:
-    """Rows for the learner's generic prompt file, or None when `given` is already one.
+def prompt_rows(cfg: RunConfig, split: str, given: str) -> list[dict]:
+    """Rows for the learner's generic prompt file (resolved_config decides when one is needed).
 
     Procedural tasks (arith, countdown) generate rows when no file is given; JSONL tasks
     (math, code) convert the user's `{"prompt","answer"}` / `{"prompt","tests"}` file."""
@@ -53,9 +53,7 @@ def prompt_rows(cfg: RunConfig, split: str, given: str) -> list[dict] | None:
         if not given:
             raise ValueError(f"task {cfg.task.name!r} reads its prompts from [task] {split}_file; none given")
         return task.load(given)
-    if given:
-        return None
-    assert cfg.task.name in PROCEDURAL
+    assert cfg.task.name in PROCEDURAL and not given
     n = cfg.task.train_size if split == "train" else cfg.task.heldout_size
     return task.generate(cfg.task.seed, n, split)
 
@@ -77,13 +75,13 @@ def resolved_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
 def prepare_run(cfg: RunConfig, run_dir: Path) -> RunConfig:
     """Write the run's prompt files; return the config with absolute paths."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = resolved_config(cfg, run_dir)
     for split, given in (("train", cfg.task.train_file), ("heldout", cfg.task.heldout_file)):
-        rows = prompt_rows(cfg, split, given)
-        if rows is not None:
-            write_jsonl(rows, run_dir / "data" / f"{split}.jsonl")
-    cfg = resolved_config(cfg, run_dir)
-    (run_dir / "config.json").write_text(cfg.resolved_json())
-    return cfg
+        path = Path(getattr(resolved.task, f"{split}_file"))
+        if path.parent == (run_dir / "data").resolve():  # generated or converted here, not used in place
+            write_jsonl(prompt_rows(cfg, split, given), path)
+    (run_dir / "config.json").write_text(resolved.resolved_json())
+    return resolved
 
 
 def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
