@@ -97,7 +97,7 @@ def test_bootstrap_smoke(tmp_path):
     assert losses[1] < losses[0] - 0.5
     assert 0.0 <= out["heldout_accuracy"] <= 1.0
     saved = json.loads((tmp_path / "m" / "bootstrap.json").read_text())
-    assert saved["steps"] == 20 and saved["config"]["lr"] == 3e-3
+    assert saved["steps"] == 20 and saved["config"]["lr"] == 1e-3
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     assert tok.padding_side == "left"
