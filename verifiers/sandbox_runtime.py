@@ -1,97 +1,73 @@
-"""Code that runs INSIDE the sandbox: the trusted supervisor and the untrusted worker.
+"""Code that runs INSIDE the sandbox: the supervisor and the worker (stdlib only).
 
-Stdlib only. The host (verifiers/sandbox.py) reads this file's text and starts it as
-`python -I -S -B -c <source> supervisor LABEL` inside bubblewrap / unshare (LABEL is a
-public tag on the command line). The host also imports `encode_value` / `decode_value`
-and `judge` from here.
+The host (verifiers/sandbox.py) starts this file's text, with sandbox_verdict.py's source
+in front, as `python -I -S -B -c <source> supervisor LABEL` inside bubblewrap and the
+run's cgroup (LABEL is a public tag on the command line).
 
-Supervisor (trusted, never runs model code):
-  1. FIRST forks the worker, before reading anything: the worker's copy of memory holds
-     no secret, and it closes the host's stdin pipe at once;
-  2. reads its job (JSON) from stdin: the nonce, the model code, the rewritten tests, the
-     expected values of the hidden checks, limits, the worker uid; marks itself
-     non-dumpable (a same-uid worker cannot read its memory or fds via /proc or ptrace);
-     sends the worker only what it may see (code, rewritten tests, uid, limits);
-  3. waits for the worker, kills every other process in the PID namespace and waits until
-     they are gone (so nothing can write after the verdict), then judges the records the
-     worker wrote to its result pipe against the expected values it alone holds;
-  4. writes "\\n<nonce>\\n" as the last stdout line iff everything passed, else
-     "\\nscca-fail: <reason>\\n".
+Supervisor (never runs model code):
+  1. forks the worker FIRST, before it reads anything: the worker's memory holds no
+     nonce; the worker drops the host's stdin and (kind "tests") stdout at once;
+  2. reads its job (JSON) from stdin, marks itself non-dumpable, mounts the private /tmp
+     and /dev/shm as tmpfs capped in bytes AND inodes, and sends the worker its part;
+  3. waits for the worker, kills every other process of the PID namespace and waits until
+     they are gone, so nothing writes after the report;
+  4. kind "tests": writes one line `<nonce> <json report>` to stdout: the worker's exit
+     status, whether cleanup succeeded, and the worker's answer records (base64, capped).
+     It judges nothing: the expected answers never enter the sandbox; the host compares.
 
-Worker (runs model code): drops to the per-run uid (when the supervisor is root in the
-init user namespace) with rlimits and a new session, then runs the solution and the
-rewritten tests in one namespace; `__scca_check__(k, value)` writes
-{"k", "v": encode_value(value)} records. Kind "run" just runs a program like `python -c`.
+Worker (runs model code): new session, a fresh per-run uid (root supervisor), rlimits, a
+stripped environment (USER/LOGNAME set so getpass works), NO_NEW_PRIVS and the host-built
+seccomp filter; then:
+  * kind "tests": runs the solution, then each step in order — `exec` steps (setup the
+    tests need; asserts inside are attested only) and `eval` steps (one answer per call)
+    — writing one record per step to its result pipe: {"i", "v": encode_value(answer)},
+    {"i", "ok": 1} or {"i", "exc": type name} (and stops at the first exception);
+  * kind "io": runs the program once per stdin case, each in a fresh fork (clean
+    interpreter state), and records {"i", "out": captured stdout, "rc"};
+  * kind "run": behaves like `python -c code` with the host's pipes as stdin/stdout.
 
-Not done here: judging what the host cannot see; the host trusts only the nonce line.
+Not done here: comparing answers (the host does, see sandbox_tests.py).
 """
+import base64
 import builtins
 import json
 import os
 import signal
 import sys
+import threading
 import time
 
 try:                 # on the host; in the sandbox sandbox_verdict.py's source is prepended
-    from verifiers.sandbox_verdict import encode_value, judge
+    from verifiers.sandbox_verdict import decode_value, encode_value
 except ImportError:
     pass
 
 CLEANUP_TIMEOUT_S = 2.0   # how long the supervisor waits for killed processes to vanish
 POLL_S = 0.01             # worker-exit polling interval where pidfd_open is missing
-PR_SET_DUMPABLE, PR_SET_PDEATHSIG = 4, 1
-MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MNT_DETACH = 2, 4, 4096, 16384, 2
+PR_SET_DUMPABLE, PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 1, 38, 22
+SECCOMP_MODE_FILTER = 2
+MS_NOSUID, MS_NODEV = 2, 4
+CASE_OUT_CAP = 1 << 20    # stdout bytes kept per stdin/stdout case
 
 
 # ---------------------------------------------------------------------------- supervisor
 
-def _set_nondumpable():
+def _libc():
     import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
+    return ctypes, ctypes.CDLL(None, use_errno=True)
+
+
+def _set_nondumpable():
+    ctypes, libc = _libc()
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0)")
 
 
-def _mount(src, dst, fstype, flags, opts):
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(src.encode(), dst.encode(), fstype and fstype.encode(), flags,
-                  opts and opts.encode()) != 0:
-        raise OSError(ctypes.get_errno(), "mount %s on %s" % (src, dst))
-
-
-def _mount_tmpfs(path, size):
-    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=%d,mode=1777" % size)
-
-
-def _expose(path):
-    """Mode "unshare": make `path` reachable for the worker uid when an ancestor is not
-    world-searchable (e.g. a Python under /root): hide that ancestor under a tmpfs and
-    bind `path` back into it. Needs root in a private mount namespace."""
-    parts = path.split("/")
-    for i in range(2, len(parts)):
-        anc = "/".join(parts[:i])
-        if os.stat(anc).st_mode & 0o001 == 0:
-            break
-    else:
-        return
-    stage = "/tmp/.scca-expose-%d" % len(os.listdir("/tmp"))
-    os.mkdir(stage, 0o755)
-    _mount(path, stage, None, MS_BIND | MS_REC, None)
-    _mount("tmpfs", anc, "tmpfs", MS_NOSUID | MS_NODEV, "size=65536,mode=0755")
-    os.makedirs(path, mode=0o755)
-    _mount(stage, path, None, MS_BIND | MS_REC, None)
-    import ctypes
-    ctypes.CDLL(None).umount2(stage.encode(), MNT_DETACH)
-    os.rmdir(stage)
-
-
-def _uid_of(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    return -1
+def _mount_tmpfs(path, size, inodes):
+    ctypes, libc = _libc()
+    opts = "size=%d,nr_inodes=%d,mode=1777" % (size, inodes)
+    if libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts.encode()) != 0:
+        raise OSError(ctypes.get_errno(), "mount tmpfs on %s" % path)
 
 
 def _others(pidns, uid):
@@ -102,8 +78,12 @@ def _others(pidns, uid):
         if not p.isdigit() or int(p) in (1, me):
             continue
         try:
-            if pidns or (uid is not None and _uid_of(int(p)) == uid):
+            if pidns:
                 out.append(int(p))
+            elif uid is not None:
+                with open("/proc/%s/status" % p) as f:
+                    if any(l.startswith("Uid:") and int(l.split()[1]) == uid for l in f):
+                        out.append(int(p))
         except OSError:
             pass
     return out
@@ -137,41 +117,54 @@ def _kill_all_others(pidns, uid, worker_pid):
         time.sleep(0.002)
 
 
-def _drop_privileges(uid, lim, workdir, env, pidns):
-    """In the forked worker, before any model code: new session, per-run uid, rlimits.
-    Without a PID namespace (mode "none", best effort) the worker gets its own process
-    group, which the supervisor kills, and dies with the supervisor (PR_SET_PDEATHSIG)."""
-    import resource as R
-    if pidns:
-        os.setsid()
-    else:
-        import ctypes
-        os.setpgid(0, 0)
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if uid is not None:
-        os.setgroups([])
-        os.setresgid(uid, uid, uid)
-        os.setresuid(uid, uid, uid)
-    R.setrlimit(R.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
-    R.setrlimit(R.RLIMIT_AS, (lim["address_space_bytes"],) * 2)
-    R.setrlimit(R.RLIMIT_NPROC, (lim["nproc"],) * 2)
-    R.setrlimit(R.RLIMIT_FSIZE, (lim["file_size_bytes"],) * 2)
-    R.setrlimit(R.RLIMIT_NOFILE, (lim["nofile"],) * 2)
-    R.setrlimit(R.RLIMIT_CORE, (0, 0))
-    os.chdir(workdir)
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv[:] = ["-c"]
+def _pump(pid, pending, res_r, cap):
+    """Feed the worker its job/stdin and collect its result pipe until it exits.
+    Returns (wait status, result bytes, over_cap)."""
+    import select
+    try:
+        pidfd = os.pidfd_open(pid)          # readable when the worker exits (Linux >= 5.3)
+    except (AttributeError, OSError):
+        pidfd = None
+    for fd in pending:
+        os.set_blocking(fd, False)
+    chunks, total, status = [], 0, None
+    while status is None:
+        for fd in [fd for fd, buf in pending.items() if not buf]:
+            os.close(fd)
+            del pending[fd]
+        reads = [fd for fd in (pidfd, res_r) if fd is not None and fd >= 0]
+        rd, wr, _ = select.select(reads, list(pending), [], None if pidfd is not None else POLL_S)
+        for fd in wr:
+            try:
+                pending[fd] = pending[fd][os.write(fd, pending[fd][:65536]):]
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:              # the reader is gone: drop the rest
+                pending[fd] = pending[fd][:0]
+        if res_r >= 0 and res_r in rd:
+            b = os.read(res_r, 65536)
+            total += len(b)
+            chunks.append(b)
+            if not b or total > cap:
+                os.close(res_r)
+                res_r = -1
+                if b:                             # over the cap: the verdict is lost anyway
+                    os.kill(pid, signal.SIGKILL)
+        if pidfd is None or pidfd in rd:
+            done_pid, st = os.waitpid(pid, 0 if pidfd is not None else os.WNOHANG)
+            status = st if done_pid == pid else None
+    for fd in pending:
+        os.close(fd)
+    return status, chunks, total, res_r
 
 
 def supervise():
     """See the module docstring. The worker is forked FIRST, before any secret is read."""
-    import select
     job_r, job_w = os.pipe()
     res_r, res_w = os.pipe()
     in_r, in_w = os.pipe()
     pid = os.fork()
-    if pid == 0:                     # worker: drop the host's stdin (secrets come there)
+    if pid == 0:                     # worker: drop the host's stdin (the nonce comes there)
         try:
             os.dup2(in_r, 0)
             for fd in (in_r, in_w, job_w, res_r):
@@ -183,76 +176,86 @@ def supervise():
         os.close(fd)
     job = json.loads(sys.stdin.buffer.read())
     _set_nondumpable()
-    lim, uid = job["limits"], job["worker_uid"]
+    lim = job["limits"]
     for path in job["tmpfs_mounts"]:
-        _mount_tmpfs(path, lim["tmpfs_bytes"])
-    for path in job["expose"]:
-        _expose(path)
+        _mount_tmpfs(path, lim["tmpfs_bytes"], lim["tmpfs_inodes"])
     workdir = job["workdir"]
     os.makedirs(workdir, exist_ok=True)
-    if uid is not None:
-        os.chown(workdir, uid, uid)
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": "/tmp"}
-    wjob = json.dumps({"kind": job["kind"], "code": job["code"], "tests": job.get("tests", ""),
-                       "uid": uid, "limits": lim, "workdir": workdir, "env": env,
-                       "pidns": job["pidns"]})
-    try:
-        pidfd = os.pidfd_open(pid)          # readable when the worker exits (Linux >= 5.3)
-    except (AttributeError, OSError):
-        pidfd = None                        # older kernels: poll waitpid every POLL_S
-    pending = {job_w: memoryview(wjob.encode()), in_w: memoryview(job.get("stdin", "").encode())}
-    for fd in pending:
-        os.set_blocking(fd, False)
-    chunks, total, status = [], 0, None
-    while status is None:
-        for fd in [fd for fd, buf in pending.items() if not buf]:
-            os.close(fd)
-            del pending[fd]
-        rd, wr, _ = select.select([fd for fd in (pidfd, res_r) if fd is not None and fd >= 0],
-                                  list(pending), [], None if pidfd is not None else POLL_S)
-        for fd in wr:
-            try:
-                pending[fd] = pending[fd][os.write(fd, pending[fd][:65536]):]
-            except BlockingIOError:
-                pass
-            except BrokenPipeError:              # the reader is gone: drop the rest
-                pending[fd] = pending[fd][:0]
-        if res_r in rd:
-            total = _take(res_r, chunks, total, lim["result_bytes"])
-            if total < 0:
-                os.close(res_r)
-                res_r = -1
-        if pidfd is None or pidfd in rd:
-            done_pid, st = os.waitpid(pid, 0 if pidfd is not None else os.WNOHANG)
-            status = st if done_pid == pid else None
-    for fd in pending:
-        os.close(fd)
-    clean = _kill_all_others(job["pidns"], uid, pid)
-    while res_r >= 0 and total >= 0:       # every writer is dead: drain to EOF
-        total = _take(res_r, chunks, total, lim["result_bytes"])
+    if job["worker_uid"] is not None:
+        os.chown(workdir, job["worker_uid"], job["worker_uid"])
+    wjob = {k: job.get(k) for k in ("kind", "code", "steps", "limits", "worker_uid", "pidns",
+                                    "seccomp")}
+    wjob.update(workdir=workdir, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                                      "HOME": workdir, "TMPDIR": "/tmp", "USER": "sandbox",
+                                      "LOGNAME": "sandbox"})
+    pending = {job_w: memoryview(json.dumps(wjob).encode()),
+               in_w: memoryview(job.get("stdin", "").encode())}
+    status, chunks, total, res_r = _pump(pid, pending, res_r, lim["result_bytes"])
+    clean = _kill_all_others(job["pidns"], job["worker_uid"], pid)
+    while res_r >= 0 and total <= lim["result_bytes"]:       # every writer is dead: drain
+        b = os.read(res_r, 65536)
+        if not b:
+            break
+        total += len(b)
+        chunks.append(b)
     rc = os.waitstatus_to_exitcode(status)
     if job["kind"] == "run":
         os._exit(rc if rc >= 0 else 128 - rc)
-    verdict = judge(rc, b"".join(chunks), job["checks"], clean)
-    out = ("\n%s\n" % job["nonce"]) if verdict == "pass" else ("\nscca-fail: %s\n" % verdict)
-    os.write(1, out.encode())
-    os._exit(0 if verdict == "pass" else 1)
-
-
-def _take(fd, chunks, total, cap):
-    """Read once from the result pipe; returns the new total, or -1 at EOF / over the cap."""
-    b = os.read(fd, 65536)
-    if not b:
-        return -1
-    total += len(b)
-    if total > cap:
-        chunks.append(b"\0OVER")        # poisons the record stream: judged bad_record
-        return -1
-    chunks.append(b)
-    return total
+    raw = b"".join(chunks)[:lim["result_bytes"]]
+    report = {"rc": rc, "clean": clean, "over": total > lim["result_bytes"],
+              "results": base64.b64encode(raw).decode()}
+    os.write(1, ("%s %s\n" % (job["nonce"], json.dumps(report))).encode())
+    os._exit(0)
 
 
 # ---------------------------------------------------------------------------- worker
+
+def _install_seccomp(prog_hex):
+    """NO_NEW_PRIVS, then the host-built filter (raw BPF) on this process and its children."""
+    ctypes, libc = _libc()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if not prog_hex:
+        return
+    prog = bytes.fromhex(prog_hex)
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
+def _drop_privileges(job):
+    """In the forked worker, before any model code: new session, per-run uid, rlimits,
+    environment, NO_NEW_PRIVS + seccomp. Without a PID namespace (mode "none", best
+    effort) the worker gets its own process group and dies with the supervisor."""
+    import resource as R
+    uid, lim = job["worker_uid"], job["limits"]
+    if job["pidns"]:
+        os.setsid()
+    else:
+        _, libc = _libc()
+        os.setpgid(0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    R.setrlimit(R.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
+    R.setrlimit(R.RLIMIT_AS, (lim["address_space_bytes"],) * 2)
+    R.setrlimit(R.RLIMIT_NPROC, (lim["nproc"],) * 2)
+    R.setrlimit(R.RLIMIT_FSIZE, (lim["file_size_bytes"],) * 2)
+    R.setrlimit(R.RLIMIT_NOFILE, (lim["nofile"],) * 2)
+    R.setrlimit(R.RLIMIT_CORE, (0, 0))
+    os.chdir(job["workdir"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    sys.argv[:] = ["-c"]
+    _install_seccomp(job["seccomp"])
+
 
 def _exit_status(e):
     """Exit status of an uncaught exception, as the interpreter would report it."""
@@ -268,13 +271,13 @@ def _exit_status(e):
     return 1
 
 
-def _run_program(code, g):
-    """Kind "run": behave like `python -c code` (atexit hooks, non-daemon threads)."""
+def _run_program(code):
+    """Behave like `python -c code` (atexit hooks, non-daemon threads); never returns."""
+    g = {"__name__": "__main__", "__builtins__": builtins}
     status = 0
     try:
         exec(compile(code, "<program>", "exec"), g)
         if "threading" in sys.modules:
-            import threading
             for t in threading.enumerate():
                 if t is not threading.main_thread() and not t.daemon:
                     t.join()
@@ -290,43 +293,99 @@ def _run_program(code, g):
     os._exit(status)
 
 
+def _one_case(code, stdin_text, out):
+    """Kind "io": run `code` on `stdin_text` in a fresh fork; (captured stdout, status)."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setpgid(0, 0)
+            os.dup2(in_r, 0)
+            os.dup2(out_w, 1)
+            for fd in (in_r, in_w, out_r, out_w, out.fileno()):
+                os.close(fd)
+            sys.stdin = open(0, "r", closefd=False)
+            sys.stdout = open(1, "w", closefd=False)
+            _run_program(code)
+        finally:
+            os._exit(127)
+    os.close(in_r)
+    os.close(out_w)
+    feeder = threading.Thread(target=_feed, args=(in_w, stdin_text.encode()), daemon=True)
+    feeder.start()
+    chunks, total = [], 0
+    while b := os.read(out_r, 65536):
+        if total < CASE_OUT_CAP:
+            chunks.append(b)
+        total += len(b)
+    os.close(out_r)
+    _, st = os.waitpid(pid, 0)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    feeder.join()
+    return b"".join(chunks)[:CASE_OUT_CAP].decode("utf-8", "replace"), os.waitstatus_to_exitcode(st)
+
+
+def _feed(fd, data):
+    try:
+        while data:
+            data = data[os.write(fd, data[:65536]):]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def work(job_fd, result_fd):
     """The forked worker: read its job, drop privileges, run model code; never returns."""
     with os.fdopen(job_fd, "rb") as f:
         job = json.loads(f.read())
-    _drop_privileges(job["uid"], job["limits"], job["workdir"], job["env"], job["pidns"])
-    g = {"__name__": "__main__", "__builtins__": builtins}
+    if job["kind"] != "run":
+        os.dup2(2, 1)                # the host's stdout carries the supervisor's report only
+    _drop_privileges(job)
     if job["kind"] == "run":
         os.close(result_fd)
-        _run_program(job["code"], g)
+        _run_program(job["code"])
     out = os.fdopen(result_fd, "w", buffering=1)
-    del job_fd, f
+    kind, code, steps = job["kind"], job["code"], job["steps"]
+    del job, f
 
-    def finish(record, code):
-        try:
-            out.write(json.dumps(record) + "\n")
+    def record(r, status=None):
+        out.write(json.dumps(r) + "\n")
+        if status is not None:
             out.flush()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+            for f in (sys.stdout, sys.stderr):
+                try:
+                    f.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(status)
 
-    def check(k, value):
-        out.write(json.dumps({"k": k, "v": encode_value(value)}) + "\n")
-
-    def pair(k, left, right):
-        out.write(json.dumps({"k": k, "v": ["l", [encode_value(left), encode_value(right)]]}) + "\n")
-
-    code, tests = job["code"], job["tests"]
-    del job
-    for stage, src in (("solution", code), ("tests", tests)):
-        if stage == "tests":
-            g["__scca_check__"], g["__scca_pair__"] = check, pair
+    if kind == "io":
+        for i, step in enumerate(steps):
+            text, rc = _one_case(code, step["stdin"], out)
+            record({"i": i, "out": text, "rc": rc})
+        record({"done": True}, 0)
+    g = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        exec(compile(code, "<solution>", "exec"), g)
+    except BaseException as e:      # the fault policy: any exception ends the run
+        record({"stage": "solution", "exc": type(e).__name__}, 1)
+    for i, step in enumerate(steps):
         try:
-            exec(compile(src, "<%s>" % stage, "exec"), g)
-        except BaseException as e:      # the fault policy: any exception fails the run
-            finish({"error": "%s: %s" % (stage, type(e).__name__)}, 1)
-    finish({"done": True}, 0)
+            for name, value in step.get("bind", {}).items():
+                g[name] = decode_value(value)
+            if "exec" in step:
+                exec(compile(step["exec"], "<tests>", "exec"), g)
+                record({"i": i, "ok": 1})
+            else:
+                record({"i": i, "v": encode_value(eval(compile(step["eval"], "<tests>", "eval"), g))})
+        except BaseException as e:
+            record({"i": i, "exc": type(e).__name__}, 1)
+    record({"done": True}, 0)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["supervisor"]:

@@ -1,21 +1,35 @@
-"""Pure verdict logic shared by the host and the sandbox supervisor (stdlib only).
+"""Values across the sandbox wall, and how the host compares them (stdlib only).
 
-`encode_value` turns a value into exact, type-tagged JSON data (exact type checks, so
-subclasses and look-alike objects become "unencodable"); `decode_value` rebuilds fresh
-builtin objects from it (raising ValueError on malformed input); `satisfied` applies one
-check spec to a decoded value; `judge` turns the worker's exit code and its record stream
-into the supervisor's verdict string ("pass" or the first failure).
+`encode_value` runs INSIDE the sandbox (its source is prepended to sandbox_runtime.py's):
+it turns what a solution returned into type-tagged JSON data. It is untrusted code's
+output by construction — a solution may patch it — so nothing depends on it being honest:
+whatever it writes is simply that solution's answer. `decode_value` runs on the host and
+rebuilds fresh builtin objects (strict: malformed input raises ValueError). `satisfied`
+applies a check spec to a decoded answer ON THE HOST, against an expected value that never
+entered the sandbox.
 
-The sandbox runs this file's source followed by sandbox_runtime.py's as one `-c` script,
-so this module must not import anything outside the standard library.
+Comparison rules (`values_match`), Python's `==` with two stated relaxations:
+  * numbers compare numerically: int/bool/Fraction pairs exactly, anything involving a
+    float, Decimal or complex with `math.isclose(rel_tol, abs_tol)` (the tolerance is a
+    per-task setting the verdict records); NaN equals nothing;
+  * what Python programmers return for mappings and numbers is accepted: every dict
+    subclass / Mapping (Counter, OrderedDict, defaultdict) arrives as a dict, int/float/
+    str/list/tuple/set subclasses (namedtuple, IntEnum) as their base type, Fraction and
+    Decimal as exact numbers.
+list vs tuple stay different unless the expected value came from JSON (`loose_seq`).
+Anything else (objects, generators, classes) arrives as "unencodable" and matches nothing.
+
+Does NOT: evaluate anything; trust anything the sandbox says about its own success.
 """
 import json
+import math
 
 MAX_DEPTH = 64            # nesting limit of encoded values
+NUMERIC = ("i", "f", "q", "D", "c", "b")
 
 
 class Unencodable:
-    """Decoded stand-in for a value that is not builtin data: equal to nothing, falsy."""
+    """Decoded stand-in for a value that is not data: equal to nothing, falsy."""
 
     def __init__(self, name):
         self.name = name
@@ -31,125 +45,207 @@ class Unencodable:
 
     __hash__ = object.__hash__
 
+    def __repr__(self):
+        return "<unencodable %s>" % self.name
+
 
 def encode_value(v, depth=0):
-    """Type-tagged, exact JSON form of builtin data (exact type checks: no subclasses)."""
-    t = type(v)
+    """Type-tagged JSON form of a returned value (subclasses become their base type)."""
     if depth > MAX_DEPTH:
         return ["?", "too_deep"]
     if v is None:
         return ["N"]
-    if t is bool:
+    if v is True or v is False:
         return ["b", v]
-    if t is int:
-        return ["i", hex(v)]
-    if t is float:
-        return ["f", v.hex()]
-    if t is complex:
+    if isinstance(v, int):
+        return ["i", hex(int(v))]
+    if isinstance(v, float):
+        return ["f", float(v).hex()]
+    if isinstance(v, str):
+        return ["s", str(v)]
+    if isinstance(v, (bytes, bytearray)):
+        return ["B", bytes(v).hex()]
+    if isinstance(v, complex):
         return ["c", v.real.hex(), v.imag.hex()]
-    if t is str:
-        return ["s", v]
-    if t is bytes:
-        return ["B", v.hex()]
-    if t in (list, tuple, set, frozenset):
-        tag = {list: "l", tuple: "t", set: "S", frozenset: "F"}[t]
-        return [tag, [encode_value(x, depth + 1) for x in v]]
-    if t is dict:
+    tag = _container_tag(v)
+    if tag == "d":
         return ["d", [[encode_value(k, depth + 1), encode_value(x, depth + 1)] for k, x in v.items()]]
-    return ["?", t.__name__ if type(t.__name__) is str else "object"]
+    if tag:
+        return [tag, [encode_value(x, depth + 1) for x in v]]
+    name = type(v).__name__
+    if name == "Fraction" and type(v).__module__ == "fractions":
+        return ["q", hex(v.numerator), hex(v.denominator)]
+    if name == "Decimal" and type(v).__module__ in ("decimal", "_decimal", "_pydecimal"):
+        return ["D", str(v)]
+    return ["?", name if type(name) is str else "object"]
+
+
+def _container_tag(v):
+    import collections.abc as abc
+    for base, tag in ((list, "l"), (tuple, "t"), (dict, "d"), (set, "S"), (frozenset, "F")):
+        if isinstance(v, base):
+            return tag
+    if isinstance(v, abc.Mapping):
+        return "d"
+    return None
 
 
 def decode_value(e, depth=0):
-    """Inverse of encode_value; builds fresh builtin objects (raises on malformed input)."""
+    """Inverse of encode_value on the host: fresh builtin objects (raises on malformed)."""
     if depth > MAX_DEPTH + 1 or type(e) is not list or not e:
         raise ValueError("malformed value")
-    tag = e[0]
+    tag, n = e[0], len(e)
     if tag == "N":
         return None
-    if tag == "b" and type(e[1]) is bool:
+    if tag == "b" and n == 2 and type(e[1]) is bool:
         return e[1]
-    if tag == "i":
+    if tag == "i" and n == 2 and type(e[1]) is str:
         return int(e[1], 16)
-    if tag == "f":
+    if tag == "f" and n == 2 and type(e[1]) is str:
         return float.fromhex(e[1])
-    if tag == "c":
+    if tag == "c" and n == 3 and type(e[1]) is str and type(e[2]) is str:
         return complex(float.fromhex(e[1]), float.fromhex(e[2]))
-    if tag == "s" and type(e[1]) is str:
+    if tag == "s" and n == 2 and type(e[1]) is str:
         return e[1]
-    if tag == "B":
+    if tag == "B" and n == 2 and type(e[1]) is str:
         return bytes.fromhex(e[1])
-    if tag in ("l", "t", "S", "F"):
+    if tag == "q" and n == 3 and type(e[1]) is str and type(e[2]) is str:
+        from fractions import Fraction
+        return Fraction(int(e[1], 16), int(e[2], 16))
+    if tag == "D" and n == 2 and type(e[1]) is str and len(e[1]) < 4096:
+        from decimal import Decimal
+        return Decimal(e[1])
+    if tag in ("l", "t", "S", "F") and n == 2 and type(e[1]) is list:
         items = [decode_value(x, depth + 1) for x in e[1]]
         return {"l": list, "t": tuple, "S": set, "F": frozenset}[tag](items)
-    if tag == "d":
-        return {decode_value(k, depth + 1): decode_value(x, depth + 1) for k, x in e[1]}
-    if tag == "?":
-        return Unencodable(str(e[1]))
+    if tag == "d" and n == 2 and type(e[1]) is list:
+        out = {}
+        for kv in e[1]:
+            if type(kv) is not list or len(kv) != 2:
+                raise ValueError("malformed value")
+            out[decode_value(kv[0], depth + 1)] = decode_value(kv[1], depth + 1)
+        return out
+    if tag == "?" and n == 2:
+        return Unencodable(str(e[1])[:64])
     raise ValueError("malformed value")
 
 
-def satisfied(spec, value):
-    """Does the decoded `value` meet the check `spec`? Only builtin objects compared."""
-    op = spec["op"]
+def _is_number(x):
+    from decimal import Decimal
+    from fractions import Fraction
+    return type(x) in (int, bool, float, complex, Fraction, Decimal)
+
+
+def numbers_match(a, e, rel_tol, abs_tol):
+    """Exact for int/bool/Fraction pairs, math.isclose otherwise; NaN matches nothing."""
+    from decimal import Decimal
+    from fractions import Fraction
+    exact = (int, bool, Fraction)
+    if type(a) in exact and type(e) in exact:
+        return a == e
+    if complex in (type(a), type(e)):
+        a, e = complex(a), complex(e)
+        return (math.isclose(a.real, e.real, rel_tol=rel_tol, abs_tol=abs_tol)
+                and math.isclose(a.imag, e.imag, rel_tol=rel_tol, abs_tol=abs_tol))
+    try:
+        fa = a if type(a) is not Decimal else (Fraction(a) if a.is_finite() else float(a))
+        fe = e if type(e) is not Decimal else (Fraction(e) if e.is_finite() else float(e))
+        if type(fa) in exact and type(fe) in exact:
+            return fa == fe
+        return math.isclose(float(fa), float(fe), rel_tol=rel_tol, abs_tol=abs_tol)
+    except (OverflowError, ValueError, TypeError):
+        return False
+
+
+def values_match(a, e, rel_tol=1e-9, abs_tol=0.0, loose_seq=False):
+    """Does the decoded answer `a` equal the expected `e` under the module's rules?"""
+    if isinstance(a, Unencodable) or isinstance(e, Unencodable):
+        return False
+    if _is_number(e) and _is_number(a):
+        return numbers_match(a, e, rel_tol, abs_tol)
+    ta, te = type(a), type(e)
+    if te in (list, tuple) and (ta is te or loose_seq and ta in (list, tuple)):
+        return len(a) == len(e) and all(values_match(x, y, rel_tol, abs_tol, loose_seq)
+                                        for x, y in zip(a, e))
+    if te is dict and ta is dict:
+        if len(a) != len(e) or set(a) != set(e):
+            return False
+        return all(values_match(a[k], e[k], rel_tol, abs_tol, loose_seq) for k in e)
+    if te in (set, frozenset) and ta in (set, frozenset):
+        return a == e
+    if te in (str, bytes, type(None)) and ta is te:
+        return a == e
+    return False
+
+
+def _order(op, a, e):
+    try:
+        return {"lt": a < e, "le": a <= e, "gt": a > e, "ge": a >= e}[op]
+    except TypeError:
+        return False
+
+
+def _member(a, container, rt, at):
+    if type(container) is str:
+        return type(a) is str and a in container
+    if type(container) in (list, tuple, set, frozenset, dict):
+        return any(values_match(a, x, rt, at) for x in container)
+    return False
+
+
+def satisfied(spec, a, expected=None):
+    """Does the decoded answer `a` meet check `spec` ({"op", "rel_tol", "abs_tol", ...})?
+    `expected` is the decoded expected value (hidden checks) or None."""
+    op, rt, at = spec["op"], spec.get("rel_tol", 1e-9), spec.get("abs_tol", 0.0)
+    if isinstance(a, Unencodable):       # an object that is not data passes no check
+        return False
+    if op == "pair":                      # visible: `a` is [left, right], both from the sandbox
+        return (type(a) in (list, tuple) and len(a) == 2
+                and satisfied({**spec, "op": spec["pair_op"]}, a[0], a[1]))
     if op == "eq":
-        expected = decode_value(spec["value"])
-        return not isinstance(value, Unencodable) and value == expected
+        return values_match(a, expected, rt, at, spec.get("loose_seq", False))
+    if op == "ne":
+        return not values_match(a, expected, rt, at)
     if op == "is":
-        return value is decode_value(spec["value"])
-    if op == "pair":      # value is the [left, right] pair, both decoded
-        return not any(isinstance(x, Unencodable) for x in value) and value[0] == value[1]
+        return a is expected
+    if op == "isnot":
+        return a is not expected
+    if op in ("lt", "le", "gt", "ge"):
+        return _order(op, a, expected)
+    if op in ("in", "notin"):
+        return _member(a, expected, rt, at) == (op == "in")
+    if op in ("contains", "notcontains"):
+        return _member(expected, a, rt, at) == (op == "contains")
     if op == "truthy":
-        return not isinstance(value, Unencodable) and bool(value)
+        return bool(a)
     if op == "falsy":
-        return not isinstance(value, Unencodable) and not bool(value)
+        return not bool(a)
+    if op == "approx":                    # abs(a - expected) < tol (or <=)
+        if not (_is_number(a) and _is_number(expected)):
+            return False
+        try:
+            d = abs(a - expected)
+            return d <= spec["tol"] if spec.get("inclusive") else d < spec["tol"]
+        except (TypeError, OverflowError, ArithmeticError):
+            return False
+    if op == "isclose":
+        return _is_number(a) and _is_number(expected) and numbers_match(a, expected, rt, at)
     raise ValueError("unknown op %r" % op)
 
 
-def judge(rc, raw, checks, clean):
-    """Verdict string from the worker's exit code and records; "pass" iff all hold."""
-    if not clean:
-        return "cleanup_failed"
-    records, done, error = [], False, None
+def decode_records(raw, limit):
+    """Parse the worker's JSON-lines records (host side); raises ValueError if malformed."""
+    out = []
     for line in raw.split(b"\n"):
         if not line:
             continue
+        if len(out) >= limit:
+            raise ValueError("too many records")
         try:
             r = json.loads(line)
         except (ValueError, RecursionError):
-            return "bad_record"
+            raise ValueError("record is not JSON") from None
         if type(r) is not dict:
-            return "bad_record"
-        if r.get("done") is True:
-            done = True
-        elif "error" in r:
-            error = str(r["error"])[:200]
-        else:
-            records.append(r)
-    seen = set()
-    for r in records:
-        k = r.get("k")
-        if type(k) is not int or not 0 <= k < len(checks):
-            return "bad_record"
-        spec = checks[k]
-        try:
-            value = decode_value(r.get("v"))
-            if spec["op"] == "pair":
-                value = [value[0], value[1]] if type(value) is list and len(value) == 2 else None
-                if value is None:
-                    return "bad_record"
-            ok = satisfied(spec, value)
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError):
-            return "bad_record"
-        if not ok:
-            return "wrong_answer (check %d)" % k
-        seen.add(k)
-    if error is not None:
-        return "error: " + error
-    if rc != 0:
-        return "exit_status %d" % rc
-    if not done:
-        return "tests_not_finished"
-    missing = [k for k, s in enumerate(checks) if s["required"] and k not in seen]
-    if missing:
-        return "check_not_run (check %d)" % missing[0]
-    return "pass"
+            raise ValueError("record is not an object")
+        out.append(r)
+    return out

@@ -1,34 +1,66 @@
-"""The `code` task: JSONL rows {"prompt", "tests"} (Python); reward 1 iff all tests pass.
+"""The `code` task: JSONL rows {"prompt", "tests"}; reward 1 iff every test answer is right.
 
-The completion's code (`extract_code`) is the last ```python (or ```py) fenced block, else
-the last ``` fenced block, else the whole completion. It runs in the sandbox against the
-row's tests with `verifiers.sandbox.run_tests` (fresh process, namespaces, rlimits, a
-per-run nonce, hidden expected values for `assert f(x) == literal` checks; see
-verifiers/sandbox.py for the guarantees and what is not covered).
+`tests` is Python assert code (a string) or a list of data cases ({"call", "args",
+"kwargs", "expect"} or {"stdin", "stdout"}); see verifiers/sandbox_tests.py. The
+completion's code (`extract_code`) is the last ```python (or ```py / ```python3) fenced
+block, else the last ``` fenced block, else the whole completion. It runs in the sandbox
+with `verifiers.sandbox.run_tests`: the expected answers stay on the host, which compares
+the sandbox's answers with them (see verifiers/sandbox.py for the threat model).
 
-Does NOT: generate problems, give partial credit, or import anything from the tests into
-the host (tests are parsed on the host only to rewrite their asserts).
+Host-side parsing is bounded before any scanning: a completion over MAX_COMPLETION_CHARS
+scores 0 ("too_long") untouched, and fence extraction is one linear pass (str.find; no
+regex that can backtrack).
+
+Settings (the verifier passes them from the config; `SETTINGS`): `rel_tol`, `abs_tol`
+(numeric tolerance, per row overridable in meta, recorded in every verdict) and
+`accept_weak_sandbox`.
+
+Does NOT: generate problems, give partial credit, or run anything from the tests on the
+host (tests are parsed there only to plan the checks).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 
 from verifiers import sandbox
+from verifiers.sandbox_plan import DEFAULT_ABS_TOL, DEFAULT_REL_TOL, PlanError
+from verifiers.sandbox_tests import plan as plan_tests
 
-VERSION = "code-1"
+VERSION = "code-2"
 NAME = "code"
+SETTINGS = ("rel_tol", "abs_tol", "accept_weak_sandbox")
 LIMITS = sandbox.Limits(wall_s=10.0, cpu_s=5, address_space_bytes=1 << 30, nproc=32)
-MAX_CODE_CHARS = 200_000       # longer completions score 0 without running
+MAX_COMPLETION_CHARS = 400_000   # longer completions score 0 without being scanned
+MAX_CODE_CHARS = 200_000         # longer extracted code scores 0 without running
+MAX_LANG_CHARS = 32              # a fence's language tag is read from this many characters
+PYTHON_TAGS = ("python", "py", "python3")
+FENCE = "```"
 
-_FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.S)
+
+def _fences(text: str) -> list[tuple[str, str]]:
+    """(language tag, body) of every ``` fenced block, in one left-to-right pass."""
+    blocks, pos = [], 0
+    while (i := text.find(FENCE, pos)) >= 0:
+        nl = text.find("\n", i + 3)
+        if nl < 0:
+            break
+        j = text.find(FENCE, nl + 1)
+        if j < 0:
+            break
+        info = text[i + 3:min(nl, i + 3 + MAX_LANG_CHARS)]
+        n = 0
+        while n < len(info) and (info[n].isascii() and (info[n].isalnum() or info[n] in "_+-")):
+            n += 1
+        blocks.append((info[:n], text[nl + 1:j]))
+        pos = j + 3
+    return blocks
 
 
 def extract_code(completion: str) -> str:
     """Code from a completion: last python fence, else last fence, else the raw text."""
-    blocks = _FENCE.findall(completion)
-    py = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3")]
+    blocks = _fences(completion)
+    py = [body for lang, body in blocks if lang.lower() in PYTHON_TAGS]
     if py:
         return py[-1]
     if blocks:
@@ -36,26 +68,42 @@ def extract_code(completion: str) -> str:
     return completion
 
 
-def score(prompt: str, meta: dict, completion: str, limits: sandbox.Limits = LIMITS) -> dict:
-    """{"reward", "reason", "mode", "hidden_checks", "wall_s"} from one sandboxed run."""
+def score(prompt: str, meta: dict, completion: str, limits: sandbox.Limits = LIMITS,
+          rel_tol: float = DEFAULT_REL_TOL, abs_tol: float = DEFAULT_ABS_TOL,
+          accept_weak_sandbox: bool = False) -> dict:
+    """{"reward", "reason", "mode", "hardening", check counts, "rel_tol", "abs_tol", "wall_s"}."""
     if not isinstance(completion, str):
         return {"reward": 0.0, "reason": "completion is not text"}
+    if len(completion) > MAX_COMPLETION_CHARS:
+        return {"reward": 0.0, "reason": "too_long"}
     code = extract_code(completion)
     if len(code) > MAX_CODE_CHARS:
         return {"reward": 0.0, "reason": "too_long"}
-    r = sandbox.run_tests(code, meta["tests"], limits)
-    return {k: r[k] for k in ("reward", "reason", "mode", "hidden_checks", "wall_s")}
+    rel_tol = float(meta.get("rel_tol", rel_tol))
+    abs_tol = float(meta.get("abs_tol", abs_tol))
+    r = sandbox.run_tests(code, meta["tests"], limits, rel_tol=rel_tol, abs_tol=abs_tol,
+                          accept_weak=accept_weak_sandbox)
+    keep = ("reward", "reason", "mode", "hardening", "checks", "hidden_checks", "visible_checks",
+            "guessable_checks", "attested_asserts", "rel_tol", "abs_tol", "oom_killed", "wall_s")
+    return {k: r[k] for k in keep}
 
 
 def load(path) -> list[dict]:
-    """Rows {"id", "prompt", "meta": {"tests"}}; every row's tests must parse."""
+    """Rows {"id", "prompt", "meta": {"tests"[, "rel_tol", "abs_tol"]}}; every row's tests
+    must plan (parse, known format)."""
     from verifiers.tasks.jsonl import JsonlError, read_jsonl
     rows = []
-    for i, r in enumerate(read_jsonl(path, {"prompt": str, "tests": str})):
+    for i, r in enumerate(read_jsonl(path, {"prompt": str, "tests": (str, list)})):
         try:
-            sandbox.plan_tests(r["tests"])
-        except SyntaxError as e:
+            plan_tests(r["tests"])
+        except (SyntaxError, PlanError) as e:
             raise JsonlError(f"{path}: row {i + 1}: tests do not parse: {e}") from None
+        meta = {"tests": r["tests"]}
+        for key in ("rel_tol", "abs_tol"):
+            if key in r:
+                if not isinstance(r[key], (int, float)) or isinstance(r[key], bool) or not 0 <= r[key] <= 1:
+                    raise JsonlError(f"{path}: row {i + 1}: {key} must be a number in [0, 1]")
+                meta[key] = float(r[key])
         rows.append({"id": r.get("id") or "code-" + hashlib.sha1(r["prompt"].encode()).hexdigest()[:12],
-                     "prompt": r["prompt"], "meta": {"tests": r["tests"]}})
+                     "prompt": r["prompt"], "meta": meta})
     return rows

@@ -1,0 +1,260 @@
+"""Convert trusted Python assert tests into sandbox steps + host-side checks (host only).
+
+`Converter(tol).run(code)` walks the test module statement by statement, keeping an
+environment of names whose values it could fold on the host (sandbox_plan.fold):
+  * `x = <foldable>` (also tuple targets, `+=` and annotated assignments) binds x here;
+  * `for t in <foldable>:` is unrolled (no break/continue/else); `if <foldable>:` takes
+    its branch (`__name__` is "__main__");
+  * a top-level `def f(p, ...)` whose only uses are statements `f(a, ...)` is inlined
+    (HumanEval's `def check(candidate)` + `check(fn)`): foldable arguments bind here,
+    others are bound in the sandbox by a setup step `p = a`;
+  * `assert` becomes one check per `and`-ed term (see sandbox_tests.py for the kinds);
+  * every other statement (imports, defs, classes, while, try, ...) runs in the sandbox
+    as an `exec` setup step, with the folded names it reads bound first (which reveals
+    them: a hidden check whose expected value used a revealed name becomes visible), and
+    every assert inside it counts as attested.
+Steps that evaluate an expression bind the folded names they read as inputs.
+
+Does NOT: run anything; guess what a non-foldable expected value would be.
+"""
+from __future__ import annotations
+
+import ast
+
+from verifiers.sandbox_plan import (CMPOPS, FLIP, MAX_STEPS, NotFoldable, Plan, PlanError,
+                                    bind, fold, loaded_names, stored_names)
+from verifiers.sandbox_verdict import encode_value
+
+MAX_INLINE_DEPTH = 16       # nested inlining of test helpers
+STRONG_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "notin", "contains", "notcontains")
+
+
+def _inlinable(tree: ast.Module) -> dict[str, ast.FunctionDef]:
+    """Top-level functions with plain positional parameters, used only as `f(args)` statements."""
+    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)
+            and not (n.args.vararg or n.args.kwarg or n.args.kwonlyargs or n.args.posonlyargs
+                     or n.args.defaults or n.decorator_list)
+            and not any(isinstance(x, (ast.Return, ast.Yield, ast.YieldFrom, ast.Global,
+                                       ast.Nonlocal, ast.FunctionDef, ast.Lambda))
+                        for x in ast.walk(n) if x is not n)}
+    calls: set[int] = set()
+    for s in ast.walk(tree):
+        if (isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
+                and isinstance(s.value.func, ast.Name) and s.value.func.id in defs):
+            c = s.value
+            if c.keywords or len(c.args) != len(defs[c.func.id].args.args) or any(
+                    isinstance(a, ast.Starred) for a in c.args):
+                defs.pop(c.func.id)
+                continue
+            calls.add(id(c.func))
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and n.id in defs and id(n) not in calls:
+            defs.pop(n.id)
+        elif isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in defs and n is not defs[n.name]:
+            defs.pop(n.name)
+    return defs
+
+
+class Converter:
+    """One conversion (see the module docstring)."""
+
+    def __init__(self, tol: dict):
+        self.tol = tol
+        self.env: dict = {"__name__": "__main__"}
+        self.steps: list[dict] = []
+        self.checks: dict[int, dict] = {}
+        self.expected_names: dict[int, set[str]] = {}
+        self.revealed: set[str] = set()
+        self.attested = 0
+        self.const_fail = False
+        self.macros: dict[str, ast.FunctionDef] = {}
+        self.depth = 0
+
+    def run(self, code: str) -> Plan:
+        tree = ast.parse(code)
+        self.macros = _inlinable(tree)
+        self.block(tree.body)
+        for i, names in self.expected_names.items():
+            if names & self.revealed and self.checks[i]["strength"] == "hidden":
+                self.checks[i]["strength"] = "visible"
+        return Plan("tests", self.steps, self.checks, self.attested, self.const_fail)
+
+    # ------------------------------------------------------------------ statements
+    def block(self, stmts: list[ast.stmt]) -> None:
+        for s in stmts:
+            if len(self.steps) > MAX_STEPS:
+                raise PlanError(f"tests expand to more than {MAX_STEPS} steps")
+            self.stmt(s)
+
+    def stmt(self, s: ast.stmt) -> None:
+        try:
+            if self._folded_stmt(s):
+                return
+        except NotFoldable:
+            pass
+        if isinstance(s, ast.Assert):
+            self.assert_(s.test)
+        elif isinstance(s, ast.Pass) or (isinstance(s, ast.FunctionDef) and s.name in self.macros):
+            return
+        elif (isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
+              and isinstance(s.value.func, ast.Name) and s.value.func.id in self.macros):
+            self.inline(self.macros[s.value.func.id], s.value.args)
+        else:
+            self.exec_step(s)
+
+    def _folded_stmt(self, s: ast.stmt) -> bool:
+        """Assignments, loops and ifs decided on the host; False if `s` is none of them."""
+        if isinstance(s, ast.Assign) and len(s.targets) == 1:
+            value = fold(s.value, self.env)
+            bind(s.targets[0], value, self.env)
+            return True
+        if isinstance(s, ast.AnnAssign) and s.value is not None and s.simple:
+            bind(s.target, fold(s.value, self.env), self.env)
+            return True
+        if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
+            expr = ast.BinOp(ast.Name(s.target.id, ast.Load()), s.op, s.value)
+            self.env[s.target.id] = fold(expr, self.env)
+            return True
+        if isinstance(s, ast.If):
+            self.block(s.body if fold(s.test, self.env) else s.orelse)
+            return True
+        if isinstance(s, ast.For) and not s.orelse and not any(
+                isinstance(x, (ast.Break, ast.Continue)) for x in ast.walk(s)):
+            items = fold(s.iter, self.env)
+            if not isinstance(items, (list, tuple, str, dict, set, frozenset)):
+                raise NotFoldable
+            trial = dict(self.env)
+            for item in items:             # check every item binds before emitting anything
+                bind(s.target, item, trial)
+            for item in items:
+                bind(s.target, item, self.env)
+                self.block(s.body)
+            return True
+        return False
+
+    def inline(self, fn: ast.FunctionDef, args: list[ast.expr]) -> None:
+        self.depth += 1
+        if self.depth > MAX_INLINE_DEPTH:
+            raise PlanError(f"test helper {fn.name!r} calls itself too deeply")
+        for param, arg in zip(fn.args.args, args):
+            try:
+                self.env[param.arg] = fold(arg, self.env)
+            except NotFoldable:
+                self.exec_step(ast.Assign([ast.Name(param.arg, ast.Store())], arg, lineno=0),
+                               setup=True)
+        self.block(fn.body)
+        self.depth -= 1
+
+    def _binds(self, node: ast.AST) -> dict:
+        names = loaded_names(node) & set(self.env) - {"__name__"}
+        return {n: encode_value(self.env[n]) for n in sorted(names)}
+
+    def exec_step(self, s: ast.stmt, setup: bool = False) -> None:
+        binds = self._binds(s)
+        self.revealed.update(binds)
+        self.attested += 0 if setup else sum(isinstance(x, ast.Assert) for x in ast.walk(s))
+        for name in stored_names(s) | set(binds):     # the sandbox owns these from now on
+            self.env.pop(name, None)
+        self.steps.append({"exec": ast.unparse(ast.fix_missing_locations(s)), "bind": binds})
+
+    # ------------------------------------------------------------------ asserts
+    def eval_step(self, expr: ast.expr, spec: dict, expected_from: ast.AST | None = None) -> None:
+        i = len(self.steps)
+        self.steps.append({"eval": ast.unparse(expr), "bind": self._binds(expr)})
+        self.revealed.update(self.steps[-1]["bind"])
+        self.checks[i] = {**self.tol, **spec}
+        if expected_from is not None:
+            self.expected_names[i] = loaded_names(expected_from) & set(self.env)
+
+    def assert_(self, t: ast.expr) -> None:
+        if isinstance(t, ast.BoolOp) and isinstance(t.op, ast.And):
+            for v in t.values:
+                self.assert_(v)
+            return
+        try:
+            if not fold(t, self.env):
+                self.const_fail = True
+            return
+        except NotFoldable:
+            pass
+        for conv in (self._approx, self._isclose, self._compare):
+            if conv(t):
+                return
+        if isinstance(t, ast.UnaryOp) and isinstance(t.op, ast.Not):
+            self.eval_step(t.operand, {"op": "falsy", "strength": "guessable"})
+        else:
+            self.eval_step(t, {"op": "truthy", "strength": "guessable"})
+
+    def _foldable_side(self, a: ast.expr, b: ast.expr):
+        """(actual, expected value, expected node, flipped) with one side foldable, or None."""
+        for actual, exp, flipped in ((a, b, False), (b, a, True)):
+            try:
+                return actual, fold(exp, self.env), exp, flipped
+            except NotFoldable:
+                continue
+        return None
+
+    def _compare(self, t: ast.expr) -> bool:
+        if not (isinstance(t, ast.Compare) and len(t.ops) == 1):
+            return False
+        op = CMPOPS[type(t.ops[0])]
+        left, right = t.left, t.comparators[0]
+        if op in ("is", "isnot"):
+            if isinstance(right, ast.Constant) and right.value in (None, True, False) and \
+                    type(right.value) in (type(None), bool):
+                self.eval_step(left, {"op": op, "expected": right.value, "strength": "guessable"})
+                return True
+            return False
+        side = self._foldable_side(left, right)
+        if side is None:                  # both sides computed in the sandbox
+            self.eval_step(ast.Tuple([left, right], ast.Load()),
+                           {"op": "pair", "pair_op": op, "strength": "visible"})
+            return True
+        actual, expected, exp_node, flipped = side
+        op = FLIP[op] if flipped else op
+        constant = expected is None or type(expected) is bool     # `== False` is guessable
+        self.eval_step(actual, {"op": op, "expected": expected, "strength":
+                                "hidden" if op in STRONG_OPS and not constant else "guessable"},
+                       exp_node)
+        return True
+
+    def _approx(self, t: ast.expr) -> bool:
+        """abs(A - B) < C / <= C with B (or A) and C foldable."""
+        if not (isinstance(t, ast.Compare) and len(t.ops) == 1
+                and isinstance(t.ops[0], (ast.Lt, ast.LtE)) and isinstance(t.left, ast.Call)
+                and isinstance(t.left.func, ast.Name) and t.left.func.id == "abs"
+                and len(t.left.args) == 1 and isinstance(t.left.args[0], ast.BinOp)
+                and isinstance(t.left.args[0].op, ast.Sub) and "abs" not in self.env):
+            return False
+        try:
+            tol = fold(t.comparators[0], self.env)
+        except NotFoldable:
+            return False
+        side = self._foldable_side(t.left.args[0].left, t.left.args[0].right)
+        if side is None or not isinstance(tol, (int, float)):
+            return False
+        actual, expected, exp_node, _ = side
+        self.eval_step(actual, {"op": "approx", "expected": expected, "tol": tol,
+                                "inclusive": isinstance(t.ops[0], ast.LtE), "strength": "hidden"},
+                       exp_node)
+        return True
+
+    def _isclose(self, t: ast.expr) -> bool:
+        """math.isclose(A, B[, rel_tol=, abs_tol=]) / isclose(...) with one side foldable."""
+        f = t.func if isinstance(t, ast.Call) else None
+        name = (f.attr if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                and f.value.id == "math" else f.id if isinstance(f, ast.Name) else None)
+        if name != "isclose" or len(t.args) != 2:
+            return False
+        try:
+            kw = {k.arg: fold(k.value, self.env) for k in t.keywords}
+        except NotFoldable:
+            return False
+        side = self._foldable_side(t.args[0], t.args[1])
+        if side is None or not set(kw) <= {"rel_tol", "abs_tol"}:
+            return False
+        actual, expected, exp_node, _ = side
+        self.eval_step(actual, {"op": "isclose", "expected": expected, "strength": "hidden",
+                                "rel_tol": float(kw.get("rel_tol", 1e-9)),
+                                "abs_tol": float(kw.get("abs_tol", 0.0))}, exp_node)
+        return True
