@@ -44,6 +44,12 @@ class TaskConfig(_Section):
     train_size: int = Field(50_000, ge=1, le=10_000_000, description="Procedural training prompts generated.")
     heldout_size: int = Field(500, ge=1, le=100_000, description="Held-out prompts for evaluation.")
     seed: int = Field(0, ge=0, description="Seed of the procedural generator (fixes the held-out split).")
+    rel_tol: float = Field(
+        1e-9, ge=0, le=0.1,
+        description="Relative tolerance when `math` and `code` compare numbers (math.isclose); a row's own "
+        "`rel_tol` overrides it; every verdict records the tolerance it used.",
+    )
+    abs_tol: float = Field(0.0, ge=0, le=1.0, description="Absolute tolerance of those comparisons (with rel_tol).")
 
 
 class LearnerConfig(_Section):
@@ -133,7 +139,16 @@ class VerifierConfig(_Section):
 
     count: int = Field(1, ge=0, le=64, description="Verifiers `scca run` starts on this machine.")
     slots: int = Field(4, ge=1, le=1024, description="Jobs a verifier accepts at once.")
-    job_timeout_s: float = Field(30.0, gt=0, le=3600, description="A verify job past this gets reward 0, reason timeout.")
+    completion_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="A completion whose scoring runs past this (counted from when a scorer worker takes it) gets "
+        "reward 0, reason timeout; its siblings are scored on their own.",
+    )
+    accept_weak_sandbox: bool = Field(
+        False,
+        description="Run `code` tasks even where the sandbox lacks a kernel limit (no writable cgroup or no "
+        "libseccomp); off = the verifier refuses to start for `code` and says what is missing.",
+    )
 
 
 class HubConfig(_Section):

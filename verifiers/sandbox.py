@@ -189,17 +189,22 @@ def sandbox_mode() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def hardening() -> dict:
-    """What this machine gives every run: {"mode", "cgroup": "v1"|"v2"|None, "seccomp":
-    bool, "complete": bool, "missing": [str]} (probed once)."""
-    mode = sandbox_mode()
+def _kernel_limits() -> tuple[str | None, bool]:
+    """(cgroup kind or None, seccomp filter available), probed once per process."""
     kind = cgroup_kind() if _privileged() else None
     try:
         filter_bpf()
-        seccomp = True
+        return kind, True
     except SeccompUnavailable as e:
         log.warning("seccomp filter unavailable: %s", e)
-        seccomp = False
+        return kind, False
+
+
+def hardening() -> dict:
+    """What this machine gives every run: {"mode", "cgroup": "v1"|"v2"|None, "seccomp":
+    bool, "complete": bool, "missing": [str]}."""
+    mode = sandbox_mode()
+    kind, seccomp = _kernel_limits()
     missing = [m for m, ok in (("bubblewrap (apt-get install bubblewrap)", mode == "bwrap"),
                                ("a writable cgroup (v1, or v2 with memory, pids and cpu "
                                 "delegated; run the verifier as root)", kind),

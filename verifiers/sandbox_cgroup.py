@@ -175,13 +175,28 @@ class RunCgroup:
         return empty
 
 
+def _remove_stale(bases: list[str]) -> None:
+    """Remove empty groups left by scorer processes that were killed (scca-<dead pid>-*)."""
+    for base in bases:
+        for name in os.listdir(base):
+            parts = name.split("-")
+            if len(parts) == 3 and parts[0] == "scca" and parts[1].isdigit() \
+                    and not os.path.exists(f"/proc/{parts[1]}"):
+                try:
+                    os.rmdir(os.path.join(base, name))
+                except OSError:
+                    pass
+
+
 @functools.lru_cache(maxsize=None)
 def cgroup_kind() -> str | None:
     """"v2", "v1" or None: the first hierarchy in which a probe group really works."""
     for kind, ok in (("v2", _v2_base), ("v1", _v1_bases)):
         try:
-            if ok() is None:
+            bases = ok()
+            if bases is None:
                 continue
+            _remove_stale([bases] if isinstance(bases, str) else list(bases.values()))
             RunCgroup(kind, 64 << 20, 8, 1.0).close()
             return kind
         except OSError as e:

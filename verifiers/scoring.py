@@ -4,7 +4,10 @@ What it does: `score_many` runs in a worker process's main thread (tasks such as
 rely on `signal.alarm`), scores each completion with the task's `score`, and returns
 rewards, per-sample details (JSON-safe scalars only) and the task's version string.
 
-What it does not do: no timeouts of its own (the service bounds the whole job), no
+`settings` (from the run's config, see `settings_from_config`) reach a task's `score` as
+keyword arguments, only those the task names in its `SETTINGS` tuple.
+
+What it does not do: no timeouts of its own (the service bounds each completion), no
 caching, no sandboxing (tasks that execute code use `verifiers.sandbox`).
 """
 
@@ -39,11 +42,19 @@ def _clean(detail: dict) -> dict:
     return out
 
 
-def score_many(task: str, prompt: str, meta: dict, completions: list[str]) -> tuple[list[float], list[dict], str]:
+def settings_from_config(cfg) -> dict:
+    """The scoring settings of a RunConfig: numeric tolerance and sandbox strength."""
+    return {"rel_tol": cfg.task.rel_tol, "abs_tol": cfg.task.abs_tol,
+            "accept_weak_sandbox": cfg.verifier.accept_weak_sandbox}
+
+
+def score_many(task: str, prompt: str, meta: dict, completions: list[str],
+               settings: dict | None = None) -> tuple[list[float], list[dict], str]:
     mod = _task(task)
+    kwargs = {k: v for k, v in (settings or {}).items() if k in getattr(mod, "SETTINGS", ())}
     rewards, details = [], []
     for completion in completions:
-        result = mod.score(prompt, meta, completion)
+        result = mod.score(prompt, meta, completion, **kwargs)
         rewards.append(float(result["reward"]))
         details.append(_clean(result))
     return rewards, details, mod.VERSION

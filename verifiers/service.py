@@ -1,11 +1,14 @@
 """The verifier service: scores completions in a pool of worker processes (DESIGN §1, §7).
 
-What it does, top to bottom: connect (DEALER) -> `hello` -> `work_request` (slots) ->
-for each `verify_job`: score every completion in a scorer worker process (the task's
-`score(prompt, meta, completion)`, run in the worker's main thread) under a per-job
-timeout -> `verdicts` stamped with the task's verifier version. A job that times out
-gets reward 0 with reason `timeout` and the stuck pool is replaced, so one hostile
-completion never blocks the others or the learner. A learner silent for
+What it does, top to bottom: refuse to start for `code` if the sandbox lacks a kernel
+limit the config did not give up (`sandbox.require`) -> connect (DEALER) -> `hello` ->
+`work_request` (slots) -> for each `verify_job`: score each completion on its own in a
+scorer worker process (the task's `score`, run in the worker's main thread) under a
+per-completion timeout counted from when a worker takes it -> `verdicts` stamped with the
+task's verifier version. A completion that times out gets reward 0 with reason `timeout`
+and the stuck pool is replaced; completions that were running beside it in that pool are
+scored again on the new one, so one hostile completion never zeroes its siblings, other
+jobs, or blocks the learner. A learner silent for
 `peer_timeout_s` means reconnect and say hello again.
 
 What it does not do: it runs no model output itself in this process (workers do, and
@@ -30,14 +33,15 @@ from concurrent.futures.process import BrokenProcessPool
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from protocol.transport import DealerEndpoint
+from verifiers.sandbox import require as require_sandbox
 from verifiers.sandbox import sandbox_mode
-from verifiers.scoring import TASK_NAMES, score_many, task_version
+from verifiers.scoring import TASK_NAMES, score_many, settings_from_config, task_version
 
 log = logging.getLogger("scca.verifier")
 
 P = "scca_verifier_"
 JOBS = Counter(P + "jobs_total", "verify jobs answered", ["task"])
-TIMEOUTS = Counter(P + "timeouts_total", "verify jobs that hit the timeout")
+TIMEOUTS = Counter(P + "timeouts_total", "completions that hit the timeout")
 LATENCY = Histogram(P + "latency_seconds", "Seconds per verify job", buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
 REWARD = Gauge(P + "reward_mean", "Mean reward of the last job")
 PASSED = Counter(P + "samples_passed_total", "Completions with reward 1")
@@ -87,10 +91,14 @@ class Verifier:
         self.cfg, self.name, self.workers = cfg, name, workers
         self.ep = DealerEndpoint(address, name, cfg.hub.heartbeat_s)
         self.pool = _new_pool(workers)
+        self.free_workers = asyncio.Semaphore(workers)
+        self.settings = settings_from_config(cfg)
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
         self.cache = VerdictCache()
         self.mode = sandbox_mode()
+        if cfg.task.name == "code":   # refuse now, with what is missing, not at the first job
+            self.mode = f"{self.mode}/{require_sandbox(cfg.verifier.accept_weak_sandbox)}"
         SANDBOX.labels(self.mode).set(1)
         log.info("sandbox mode: %s", self.mode)
 
@@ -147,22 +155,35 @@ class Verifier:
         details = [{**d, "sandbox": self.mode} for _, d in found]
         await self.answer(job, [r for r, _ in found], details, version, t)
 
-    async def score(self, job: dict, completions: list[str], retries: int = 1) -> list[tuple[float, dict]]:
+    async def score(self, job: dict, completions: list[str]) -> list[tuple[float, dict]]:
+        return list(await asyncio.gather(*(self.score_one(job, c) for c in completions)))
+
+    async def score_one(self, job: dict, completion: str, retries: int = 1) -> tuple[float, dict]:
+        """One completion in the pool; its timeout starts when a worker is free for it."""
         loop = asyncio.get_running_loop()
-        pool = self.pool
-        fut = loop.run_in_executor(pool, score_many, job["task"], job["prompt"], job["meta"], completions)
-        try:
-            rewards, details, _ = await asyncio.wait_for(fut, self.cfg.verifier.job_timeout_s)
-            return list(zip(rewards, details))
-        except BrokenProcessPool:  # another job's timeout replaced the pool under us: once more
-            if retries == 0 or pool is self.pool:
-                raise
-            return await self.score(job, completions, retries - 1)
-        except asyncio.TimeoutError:  # fault policy: reward 0 with a reason, replace the stuck pool
-            TIMEOUTS.inc()
-            old, self.pool = self.pool, _new_pool(self.workers)
-            _kill_pool(old)
-            return [(0.0, {"reason": "timeout"})] * len(completions)
+        async with self.free_workers:
+            pool = self.pool
+            fut = loop.run_in_executor(pool, score_many, job["task"], job["prompt"], job["meta"],
+                                       [completion], self.settings)
+            try:
+                rewards, details, _ = await asyncio.wait_for(fut, self.cfg.verifier.completion_timeout_s)
+                return rewards[0], details[0]
+            except BrokenProcessPool:
+                if pool is self.pool:     # a worker died under this completion: replace the pool
+                    self.replace_pool()
+                    return 0.0, {"reason": "worker_died"}
+            except asyncio.TimeoutError:  # fault policy: reward 0 with a reason, replace the stuck pool
+                TIMEOUTS.inc()
+                if pool is self.pool:
+                    self.replace_pool()
+                return 0.0, {"reason": "timeout"}
+        if retries == 0:                  # another completion's timeout replaced the pool under us
+            return 0.0, {"reason": "worker_replaced"}
+        return await self.score_one(job, completion, retries - 1)
+
+    def replace_pool(self) -> None:
+        old, self.pool = self.pool, _new_pool(self.workers)
+        _kill_pool(old)
 
     async def answer(self, job: dict, rewards: list[float], details: list[dict], version: str, t: float) -> None:
         n = len(rewards)

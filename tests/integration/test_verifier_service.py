@@ -33,7 +33,7 @@ async def _collect(router: RouterEndpoint, want: set[str], timeout: float) -> di
 async def _drive(tmp_path) -> dict:
     router = RouterEndpoint("tcp://127.0.0.1:0")
     cfg = tmp_path / "v.json"
-    cfg.write_text(json.dumps({"verifier": {"job_timeout_s": 3.0, "slots": 4}}))
+    cfg.write_text(json.dumps({"verifier": {"completion_timeout_s": 3.0, "slots": 4}}))
     proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "verifier", str(cfg), "--connect", router.address,
                              "--name", "verifier-t", "--workers", "2"], cwd=ROOT)
     try:

@@ -5,10 +5,18 @@ Answer extraction (`extract_answer`), first that applies:
   2. the rest of the line after the LAST `#### ` (GSM8K; commas between digits, `$` and a
      final `.` removed);
   3. the last match of meta["pattern"] (a regex; group 1 if it has one, else the match).
-The extracted answer (at most MAX_ANSWER_CHARS, else reason "too_long") and the gold
-answer are parsed and compared with math-verify (`parse`, `verify`), whose timeouts use
-signal.alarm: `score` therefore must run in the MAIN THREAD of its process (it raises
-RuntimeError elsewhere). The verifier service's scorer workers call it that way.
+The extracted answer (at most MAX_ANSWER_CHARS, else reason "too_long") and the gold are
+normalised (math_answer.normalise: `\\$`, `\\,`, a closing period, units, digit groups).
+Then:
+  * a NUMERIC reference (integer, decimal, fraction) needs a number written out: not an
+    expression that evaluates to it (the question's own `1663 - 5242 - 9376` scores 0),
+    fractions in lowest terms; compared exactly, or with the per-task tolerance where a
+    decimal is involved (math_answer.judge_number);
+  * any other reference is compared with math-verify (`parse`, `verify`); an answer that
+    is an equation where the reference is not is refused (`\\boxed{wrong = right}`).
+Every verdict records `rel_tol`/`abs_tol` (the `[task]` setting, or the row's own).
+math-verify's timeouts use signal.alarm: `score` therefore must run in the MAIN THREAD of
+its process (it raises RuntimeError elsewhere); the verifier's scorer workers do.
 
 `MathPool` runs `score` in separate worker processes (`python -m verifiers.tasks.math
 --serve`, JSON lines over pipes, no pickle) with a per-job wall timeout: a job that
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue
 import re
@@ -32,8 +41,14 @@ import sys
 import threading
 import time
 
-VERSION = "math-1"
+from verifiers.tasks.math_answer import (equation_problem, judge_number, normalise,
+                                         parse_number)
+
+VERSION = "math-2"
 NAME = "math"
+SETTINGS = ("rel_tol", "abs_tol")
+DEFAULT_REL_TOL = 1e-9        # numbers with a decimal compare with math.isclose(rel_tol, abs_tol)
+DEFAULT_ABS_TOL = 0.0
 MAX_ANSWER_CHARS = 512        # a longer extracted answer is "too_long" (never parsed)
 PARSE_TIMEOUT_S = 2           # math-verify parse timeout per expression (alarm, int s)
 VERIFY_TIMEOUT_S = 3          # math-verify verify timeout (alarm, int s)
@@ -88,11 +103,19 @@ def _math_expr(s: str) -> str:
     return s if "$" in s or "\\boxed" in s else f"${s}$"
 
 
-def score(prompt: str, meta: dict, completion: str) -> dict:
-    """{"reward", "reason", "extracted"}; main thread only (math-verify uses SIGALRM)."""
+def score(prompt: str, meta: dict, completion: str, rel_tol: float = DEFAULT_REL_TOL,
+          abs_tol: float = DEFAULT_ABS_TOL) -> dict:
+    """{"reward", "reason", "extracted", "rel_tol", "abs_tol"}; main thread only (math-verify
+    uses SIGALRM)."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("math.score must run in a process's main thread "
                            "(math-verify times out with signal.alarm); use MathPool")
+    tol = {"rel_tol": float(meta.get("rel_tol", rel_tol)), "abs_tol": float(meta.get("abs_tol", abs_tol))}
+    out = _score(meta, completion, tol)
+    return {**out, **tol}
+
+
+def _score(meta: dict, completion, tol: dict) -> dict:
     if not isinstance(completion, str):
         return {"reward": 0.0, "reason": "completion is not text", "extracted": None}
     try:
@@ -103,16 +126,30 @@ def score(prompt: str, meta: dict, completion: str) -> dict:
         return {"reward": 0.0, "reason": "no_answer", "extracted": None}
     if len(answer) > MAX_ANSWER_CHARS:
         return {"reward": 0.0, "reason": "too_long", "extracted": answer[:64]}
+    ans, gold = normalise(answer), normalise(str(meta["answer"]))
+    number = parse_number(gold)
+    if number is not None:
+        ok, reason = judge_number(ans, number[0], number[1], tol["rel_tol"], tol["abs_tol"])
+        return {"reward": 1.0 if ok else 0.0, "reason": reason, "extracted": answer}
+    refused = equation_problem(ans, gold)
+    if refused:
+        return {"reward": 0.0, "reason": refused, "extracted": answer}
+    return _math_verify(gold, ans, answer, tol)
+
+
+def _math_verify(gold_text: str, ans: str, answer: str, tol: dict) -> dict:
+    """Symbolic comparison by math-verify; float_rounding follows rel_tol (>= 6 digits)."""
     mv = _mv()
+    digits = max(6, min(15, math.ceil(-math.log10(tol["rel_tol"])))) if tol["rel_tol"] > 0 else 15
     try:
-        gold = mv.parse(_math_expr(str(meta["answer"])), parsing_timeout=PARSE_TIMEOUT_S,
-                        raise_on_error=True)
-        pred = mv.parse(_math_expr(answer), parsing_timeout=PARSE_TIMEOUT_S, raise_on_error=True)
+        gold = mv.parse(_math_expr(gold_text), parsing_timeout=PARSE_TIMEOUT_S, raise_on_error=True)
+        pred = mv.parse(_math_expr(ans), parsing_timeout=PARSE_TIMEOUT_S, raise_on_error=True)
         if not gold:
             return {"reward": 0.0, "reason": "gold answer does not parse", "extracted": answer}
         if not pred:
             return {"reward": 0.0, "reason": "answer does not parse", "extracted": answer}
-        ok = mv.verify(gold, pred, timeout_seconds=VERIFY_TIMEOUT_S, raise_on_error=True)
+        ok = mv.verify(gold, pred, float_rounding=digits, timeout_seconds=VERIFY_TIMEOUT_S,
+                       raise_on_error=True)
     except mv.errors.TimeoutException:   # a BaseException: SIGALRM fired in math-verify
         return {"reward": 0.0, "reason": "timeout", "extracted": answer}
     except Exception as e:      # fault policy: math-verify errors are reward 0
