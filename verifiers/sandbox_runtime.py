@@ -271,9 +271,19 @@ def _exit_status(e):
     return 1
 
 
+def _main_namespace():
+    """A fresh module installed as sys.modules["__main__"]: the program's globals, so that
+    pickling its functions (multiprocessing) finds them as `__main__.name`."""
+    import types
+    mod = types.ModuleType("__main__")
+    mod.__builtins__ = builtins
+    sys.modules["__main__"] = mod
+    return mod.__dict__
+
+
 def _run_program(code):
     """Behave like `python -c code` (atexit hooks, non-daemon threads); never returns."""
-    g = {"__name__": "__main__", "__builtins__": builtins}
+    g = _main_namespace()
     status = 0
     try:
         exec(compile(code, "<program>", "exec"), g)
@@ -369,7 +379,7 @@ def work(job_fd, result_fd):
             text, rc = _one_case(code, step["stdin"], out)
             record({"i": i, "out": text, "rc": rc})
         record({"done": True}, 0)
-    g = {"__name__": "__main__", "__builtins__": builtins}
+    g = _main_namespace()
     try:
         exec(compile(code, "<solution>", "exec"), g)
     except BaseException as e:      # the fault policy: any exception ends the run

@@ -36,19 +36,52 @@ def test_mode_is_the_strongest_available():
         assert mode == "bwrap"   # .ci/run installs bubblewrap: the strong mode is tested
 
 
+def test_machine_gives_every_kernel_limit():
+    """CI runs as root with bubblewrap, libseccomp and cgroups: the full sandbox is tested."""
+    h = S.hardening()
+    if os.geteuid() != 0 or S.sandbox_mode() != "bwrap":
+        pytest.skip("the full sandbox needs root and bubblewrap")
+    assert h["complete"] and h["cgroup"] in ("v1", "v2") and h["seccomp"], h
+
+
 def test_none_mode_refuses_unless_allowed(forced_mode, monkeypatch):
     forced_mode("none")
     monkeypatch.delenv("SCCA_ALLOW_UNSANDBOXED", raising=False)
-    with pytest.raises(S.SandboxUnavailable, match="bubblewrap"):
+    with pytest.raises(S.SandboxUnavailable, match="apt-get install bubblewrap"):
         S.run_python("print(1)")
     with pytest.raises(S.SandboxUnavailable):
         S.run_tests("def f(): return 1", "assert f() == 1")
+
+
+def test_unshare_mode_is_refused_with_install_hint(forced_mode):
+    forced_mode("unshare")
+    with pytest.raises(S.SandboxUnavailable, match="install bubblewrap"):
+        S.sandbox_mode()
+
+
+def test_missing_kernel_limit_refuses_unless_accepted(monkeypatch):
+    if S.sandbox_mode() != "bwrap":
+        pytest.skip("bubblewrap mode only")
+    monkeypatch.delenv("SCCA_ACCEPT_WEAK_SANDBOX", raising=False)
+    monkeypatch.setattr(S, "_kernel_limits", lambda: (None, True))   # as on a machine without cgroups
+    with pytest.raises(S.SandboxUnavailable, match="cgroup.*accept_weak_sandbox"):
+        S.run_tests("def f():\n    return 1\n", "assert f() == 1\n", LIM)
+    r = S.run_tests("def f():\n    return 1\n", "assert f() == 1\n", LIM, accept_weak=True)
+    assert r["reward"] == 1.0 and r["hardening"] == "weak"
 
 
 def test_bad_forced_mode_is_an_error(forced_mode):
     forced_mode("docker")
     with pytest.raises(ValueError, match="SCCA_SANDBOX_MODE"):
         S.sandbox_mode()
+
+
+def test_self_check_reports_what_ran():
+    out = S.self_check()
+    if not out["complete"]:
+        pytest.skip(f"sandbox incomplete here: {out['missing']}")
+    assert out["ran"] and out["network_blocked"] and out["userns_blocked"], out
+    assert out["test_reward"] == 1.0 and out["error"] == ""
 
 
 def test_run_python_io_exit_status_and_environment():
@@ -58,7 +91,7 @@ def test_run_python_io_exit_status_and_environment():
     assert r.returncode == 3 and not r.timed_out and not r.truncated
     lines = r.stdout.splitlines()
     assert lines[0] == "HELLO SANDBOX"
-    assert lines[1] == str(["HOME", "LANG", "PATH", "TMPDIR"])   # nothing from the host
+    assert lines[1] == str(["HOME", "LANG", "LOGNAME", "PATH", "TMPDIR", "USER"])   # nothing from the host
     assert r.stderr == "err" and r.mode == S.sandbox_mode() and r.wall_s > 0
 
 
@@ -101,25 +134,6 @@ def test_concurrent_runs_are_independent():
     assert [r["reward"] for r in rs] == [1.0, 0.0] * 3
 
 
-def test_unshare_mode_contains_the_basics(forced_mode, tmp_path):
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("unshare mode needs root and util-linux unshare")
-    forced_mode("unshare")
-    (tmp_path / "s").write_text("keep")
-    tmp_path.chmod(0o777)
-    label = "scca-test-" + uuid.uuid4().hex
-    ok = S.run_tests("def f(x):\n    return x * 2\n", "assert f(4) == 8\n", LIM, label=label)
-    assert ok["reward"] == 1.0 and ok["mode"] == "unshare", ok
-    bad = S.run_tests(f"import os\nopen('{tmp_path}/s', 'w').write('x')\nif os.fork() == 0:\n"
-                      "    os.setsid()\n    import time\n    time.sleep(60)\n"
-                      "def f(x):\n    return 2 * x\n", "assert f(4) == 8\n", LIM, label=label)
-    assert bad["reward"] == 0.0 and "error: solution" in bad["reason"], bad
-    assert (tmp_path / "s").read_text() == "keep"
-    r = S.run_python("import glob\nprint(glob.glob('/root/*'))\n", limits=LIM, label=label)
-    assert r.stdout.strip() == "[]"
-    assert S.stray_processes(label) == []
-
-
 builtin_data = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
     | st.binary(max_size=8) | st.complex_numbers(allow_nan=False),
@@ -138,38 +152,36 @@ def test_codec_round_trips_builtin_data_exactly(v):
     assert R.decode_value(R.encode_value(back)) == v   # sets: order is not canonical
 
 
-def test_codec_rejects_lookalikes():
-    class I(int):
-        pass
+def test_codec_accepts_what_python_programmers_return():
+    import collections
+    import fractions
+    from decimal import Decimal
+    back = lambda v: R.decode_value(json.loads(json.dumps(R.encode_value(v))))  # noqa: E731
+    assert back(collections.Counter("aab")) == {"a": 2, "b": 1}
+    assert type(back(collections.OrderedDict(x=1))) is dict
+    assert back(collections.namedtuple("P", "x y")(1, 2)) == (1, 2)
+    assert back(fractions.Fraction(1, 3)) == fractions.Fraction(1, 3)
+    assert back(Decimal("2.50")) == Decimal("2.5")
+    assert R.values_match(back(fractions.Fraction(1, 2)), 0.5)
+    assert R.values_match(0.1 + 0.2, 0.3) and not R.values_match(0.3001, 0.3)
+    assert R.values_match(True, 1) and not R.values_match([1, 2], (1, 2))
+    assert R.values_match([1, 2], (1, 2), loose_seq=True)
+    assert not R.values_match(float("nan"), float("nan"))
+    assert R.values_match({"a": [1.0, 2]}, {"a": [1, 2.0]})
 
+
+def test_codec_turns_objects_into_unencodable():
     class Yes:
         def __eq__(self, other):
             return True
 
-    for v in (I(3), Yes(), [Yes()], {"a": I(1)}):
+    for v in (Yes(), [Yes()], {"a": Yes()}, iter([1]), object):
         d = R.decode_value(R.encode_value(v))
-        assert d != R.decode_value(R.encode_value(3)) and d != [3] and d != {"a": 1}
+        assert not R.values_match(d, 3) and not R.values_match(d, [3]) and not R.values_match(d, {"a": 1})
+        if not isinstance(v, (list, dict)):    # a list holding an object is truthy, as in Python
+            assert not R.satisfied({"op": "truthy"}, d) and not R.satisfied({"op": "ne"}, d, 4)
     assert R.encode_value(True) != R.encode_value(1)
     with pytest.raises(ValueError):
         R.decode_value(["q", 1])
-
-
-def _rec(*records):
-    return "".join(json.dumps(r) + "\n" for r in records).encode()
-
-
-def test_judge_rules():
-    checks = [{"op": "eq", "value": R.encode_value(3), "required": True},
-              {"op": "pair", "required": False}]
-    good = _rec({"k": 0, "v": R.encode_value(3.0)}, {"k": 1, "v": ["l", [["s", "a"], ["s", "a"]]]},
-                {"done": True})
-    assert R.judge(0, good, checks, True) == "pass"
-    assert R.judge(0, good, checks, False) == "cleanup_failed"
-    assert R.judge(1, good, checks, True) == "exit_status 1"
-    assert R.judge(0, _rec({"k": 1, "v": ["l", [["N"], ["N"]]]}, {"done": True}), checks,
-                   True) == "check_not_run (check 0)"
-    assert R.judge(0, _rec({"k": 0, "v": R.encode_value(3)}), checks, True) == "tests_not_finished"
-    assert R.judge(0, _rec({"k": 0, "v": R.encode_value(4)}, {"done": True}), checks,
-                   True) == "wrong_answer (check 0)"
-    assert R.judge(0, _rec({"k": 7, "v": ["N"]}, {"done": True}), checks, True) == "bad_record"
-    assert R.judge(0, good + b"\0OVER", checks, True) == "bad_record"
+    with pytest.raises(ValueError):
+        R.decode_value(["l", [["i", "zz"]]])
