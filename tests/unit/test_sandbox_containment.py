@@ -4,6 +4,11 @@ Each program is handed to `run_tests` as the "solution" of a tiny task (`add`). 
 must get reward 0, and afterwards the host must be unchanged: a sentinel file tree hashes
 the same, a secret host environment variable never shows up in the output, a listener on
 127.0.0.1 saw no connection, and no process carrying the per-test label survives.
+Then, per host-resource class, one sandbox launch tries every variant of the class and
+reports what the kernel answered (many attacks per launch keep the corpus fast): new
+namespaces, mounts, keyrings, memfd, exotic sockets, ptrace, ptys, setuid binaries;
+inode and byte caps of /tmp and /dev/shm; memory of all processes together (cgroup);
+host files, data and unix sockets out of sight; no keyring entry left behind.
 """
 
 import hashlib
@@ -20,8 +25,8 @@ from verifiers import sandbox as S
 TESTS = "assert add(1, 2) == 3\nassert add(-4, 4) == 0\n"
 REFERENCE = "def add(a, b):\n    return a + b\n"
 FAST = S.Limits(wall_s=2.0, cpu_s=1, address_space_bytes=256 << 20, nproc=16,
-                file_size_bytes=1 << 20, tmpfs_bytes=8 << 20, stdout_bytes=64 << 10,
-                stderr_bytes=64 << 10)
+                file_size_bytes=1 << 20, tmpfs_bytes=8 << 20, tmpfs_inodes=512,
+                stdout_bytes=64 << 10, stderr_bytes=64 << 10, memory_bytes=256 << 20, pids=32)
 STRAY_GRACE_S = 3.0
 
 # Each program may use {sentinel} (a host directory), {port} (a host TCP listener on
@@ -64,6 +69,15 @@ PROGRAMS = {
     "mount_and_chroot": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.mount(b'none', b'/usr', b'tmpfs', 0, None), ctypes.get_errno())\nimport os\nos.chroot('/tmp')\n",
     "raise_rlimits": "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n",
     "fd_exhaustion": "fs = []\nwhile True:\n    fs.append(open('/dev/null'))\n",
+    "memfd_beyond_rlimit": "import os\nfd = os.memfd_create('x')\nwhile True:\n    os.write(fd, b'x' * (1 << 20))\n",
+    "shm_and_tmp_fill": "import os\nfor d in ('/dev/shm', '/tmp'):\n    with open(d + '/big', 'wb') as f:\n        try:\n            while True:\n                f.write(b'x' * (1 << 20))\n        except OSError as e:\n            print(d, e)\n",
+    "inode_flood": "import os\nfor d in ('/tmp', '/dev/shm'):\n    try:\n        for i in range(10 ** 6):\n            os.mkdir('%s/%d' % (d, i))\n    except OSError as e:\n        print(d, i, e)\n",
+    "pipe_buffer_flood": "import os\nfor _ in range(8):\n    if os.fork() == 0:\n        ps = []\n        try:\n            while True:\n                r, w = os.pipe()\n                os.set_blocking(w, False)\n                try:\n                    while True:\n                        os.write(w, b'x' * 65536)\n                except BlockingIOError:\n                    ps.append((r, w))\n        except OSError:\n            pass\n        import time\n        time.sleep(60)\n",
+    "memory_across_processes": "import os, time\nfor _ in range(8):\n    if os.fork() == 0:\n        x = bytearray(200 << 20)\n        time.sleep(60)\nimport time\ntime.sleep(60)\n",
+    "nested_userns_tmpfs": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.unshare(0x10000000 | 0x20000), ctypes.get_errno())\nprint(libc.mount(b'none', b'/tmp', b'tmpfs', 0, b'size=100g'), ctypes.get_errno())\nwith open('/tmp/x', 'wb') as f:\n    f.write(b'x' * (1 << 30))\n",
+    "keyring_entries": "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nfor i in range(100):\n    libc.syscall(248, b'user', b'k%d' % i, b'x' * 1000, 1000, -4)\n",
+    "pty_pool": "import os\nfs = []\nwhile True:\n    fs.append(os.openpty())\n",
+    "setuid_mount": "import subprocess\nprint(subprocess.run(['/usr/bin/mount', '-t', 'tmpfs', 'none', '/tmp'], capture_output=True))\n",
 }
 
 
@@ -104,7 +118,7 @@ def host(tmp_path, monkeypatch):
 def _assert_host_unchanged(host, result):
     sentinel = host["sentinel"]
     assert _tree_hash(sentinel) == host["hash"], "sentinel tree changed"
-    out = result["stdout_tail"] + result["stderr_tail"]
+    out = result.get("stdout_tail", "") + result["stderr_tail"]
     assert host["secret"] not in out
     readable, _, _ = select.select([host["tcp"], host["udp"]], [], [], 0)
     assert readable == [], "a sandboxed program reached a host socket"
@@ -139,10 +153,112 @@ def test_limits_are_reported(host):
     assert r.truncated and len(r.stdout) <= FAST.stdout_bytes
     r = S.run_python(PROGRAMS["busy_loop"], limits=FAST, label=host["label"])
     assert r.returncode != 0 and not r.truncated
-    _assert_host_unchanged(host, {"stdout_tail": "", "stderr_tail": ""})
+    _assert_host_unchanged(host, {"stderr_tail": ""})
 
 
 def test_reference_still_passes_after_the_corpus(host):
     r = S.run_tests(REFERENCE, TESTS, label=host["label"])
     assert r["reward"] == 1.0, r
     _assert_host_unchanged(host, r)
+
+
+ESCAPE_PROBE = r"""
+import ctypes, errno, json, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+def call(name, f):
+    try:
+        rc = f()
+        out[name] = "ok" if rc in (None, 0) or (isinstance(rc, int) and rc > 0) else "errno %d" % ctypes.get_errno()
+    except OSError as e:
+        out[name] = "errno %d" % e.errno
+call("unshare_user", lambda: libc.unshare(0x10000000))
+call("unshare_mount", lambda: libc.unshare(0x20000))
+call("clone_newuser", lambda: libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0))
+call("clone3", lambda: libc.syscall(435, 0, 0))
+call("mount_tmpfs", lambda: libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
+call("add_key", lambda: libc.syscall(248, b"user", b"k", b"v", 1, -4))
+call("keyctl", lambda: libc.syscall(250, 0, -4, 0, 0, 0))
+call("memfd", lambda: os.memfd_create("x"))
+call("ptrace", lambda: libc.ptrace(16, os.getppid(), 0, 0))
+call("io_uring", lambda: libc.syscall(425, 1, ctypes.create_string_buffer(120)))
+call("bpf", lambda: libc.syscall(321, 0, 0, 0))
+call("userfaultfd", lambda: libc.syscall(323, 0))
+call("perf_event_open", lambda: libc.syscall(298, 0, 0, -1, -1, 0))
+for fam, name in ((40, "vsock"), (16, "netlink"), (17, "packet"), (38, "alg"), (0x10000001, "unix_high_bits")):
+    call("socket_" + name, lambda: socket.socket(fam, socket.SOCK_STREAM if fam != 16 else socket.SOCK_RAW).close())
+call("socket_unix", lambda: socket.socket(socket.AF_UNIX).close())
+call("socket_inet", lambda: socket.socket().close())
+call("openpty", lambda: [os.close(x) for x in os.openpty()] and None)
+out["dev"] = sorted(os.listdir("/dev"))
+out["nonewprivs"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]
+n = 0
+try:
+    while n < 100000:
+        open("/tmp/f%d" % n, "w").close()
+        n += 1
+except OSError as e:
+    out["tmp_inodes"] = [n, e.errno]
+print(json.dumps(out))
+"""
+
+
+def test_kernel_refuses_escape_syscalls():
+    """One launch, every escape route of the class: each must come back refused."""
+    if not S.hardening()["complete"]:
+        pytest.skip(f"sandbox incomplete here: {S.hardening()['missing']}")
+    r = S.run_python(ESCAPE_PROBE, limits=FAST)
+    out = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    for name in ("unshare_user", "unshare_mount", "clone_newuser", "mount_tmpfs", "add_key",
+                 "keyctl", "memfd", "ptrace", "io_uring", "bpf", "userfaultfd", "perf_event_open",
+                 "socket_vsock", "socket_netlink", "socket_packet", "socket_alg",
+                 "socket_unix_high_bits", "openpty"):
+        assert out[name].startswith("errno"), (name, out[name])
+    assert out["clone3"] == "errno 38"                     # ENOSYS: glibc falls back to clone
+    assert out["socket_unix"] == "ok" and out["socket_inet"] == "ok"
+    assert out["dev"] == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout",
+                          "urandom", "zero"]
+    assert out["nonewprivs"] == "1"
+    assert out["tmp_inodes"][0] < FAST.tmpfs_inodes and out["tmp_inodes"][1] == 28   # ENOSPC
+
+
+def test_cgroup_bounds_memory_of_all_processes():
+    """Eight children of 200 MB each stay under RLIMIT_AS one by one; together they
+    exceed the run's cgroup and the kernel's OOM killer ends them, not host processes."""
+    if not S.hardening()["cgroup"]:
+        pytest.skip("no writable cgroup here")
+    r = S.run_python(PROGRAMS["memory_across_processes"], limits=FAST)
+    assert r.oom_killed, r
+
+
+def test_no_keyring_residue():
+    def worker_key_users():
+        with open("/proc/key-users") as f:
+            return [l for l in f if S.WORKER_UID_BASE <= int(l.split(":")[0]) < S.WORKER_UID_BASE + S.WORKER_UID_SPAN]
+    before = worker_key_users()
+    for _ in range(3):
+        S.run_python(PROGRAMS["keyring_entries"], limits=FAST)
+    assert worker_key_users() == before
+
+
+def test_host_files_data_and_sockets_are_out_of_sight(tmp_path):
+    data = tmp_path / "run" / "data"
+    data.mkdir(parents=True)
+    secret = "expected-" + uuid.uuid4().hex
+    (data / "train.jsonl").write_text('{"prompt": "p", "tests": "assert f() == %s"}' % secret)
+    for p in (tmp_path, tmp_path / "run", data, data / "train.jsonl"):
+        p.chmod(0o777)
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(tmp_path / "host.sock"))
+    srv.listen(1)
+    code = (f"import glob, socket, os\nfor p in glob.glob('{tmp_path}/**', recursive=True) + ['{data}/train.jsonl']:\n"
+            "    try:\n        print(open(p).read())\n    except OSError as e:\n        print(p, e)\n"
+            f"s = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{tmp_path}/host.sock')\n    print('CONNECTED')\n"
+            "except OSError as e:\n    print('refused', e)\n")
+    try:
+        r = S.run_python(code, limits=FAST)
+        assert secret not in r.stdout + r.stderr and "CONNECTED" not in r.stdout, r
+        assert "refused" in r.stdout
+        assert select.select([srv], [], [], 0)[0] == []
+    finally:
+        srv.close()
