@@ -34,7 +34,35 @@ def test_extract_code(completion, expected):
 def test_score_runs_the_code_in_the_sandbox(completion, reward, reason):
     r = C.score("Write is_prime.", {"tests": TESTS}, completion, LIM)
     assert r["reward"] == reward and r["reason"].startswith(reason), r
-    assert r["mode"] == sandbox.sandbox_mode() and r["hidden_checks"] == 3
+    assert r["mode"] == sandbox.sandbox_mode()
+    assert (r["checks"], r["hidden_checks"], r["guessable_checks"]) == (3, 1, 2)
+    assert r["rel_tol"] == 1e-9
+
+
+def test_host_parsing_is_bounded_and_linear():
+    """Length first, then one linear pass: the inputs that made the old regex quadratic
+    (60,000 backticks took 4.3 s) cost milliseconds."""
+    import time
+    t = time.perf_counter()
+    for text in ("`" * 60_000, "```" * 20_000, "```python" + "\n```" * 30_000, "``` \n" * 40_000):
+        C.extract_code(text)
+    assert time.perf_counter() - t < 0.5
+    r = C.score("p", {"tests": TESTS}, "`" * (C.MAX_COMPLETION_CHARS + 1), LIM)
+    assert r == {"reward": 0.0, "reason": "too_long"}
+
+
+def test_data_tests_calls_and_stdio():
+    calls = [{"call": "add", "args": [1, 2], "expect": 3}, {"call": "add", "args": [[1], [2]], "expect": [1, 2]},
+             {"call": "add", "args": [0.1, 0.2], "kwargs": {}, "expect": 0.3}]
+    good = "def add(a, b):\n    return a + b\n"
+    assert C.score("p", {"tests": calls}, good, LIM)["reward"] == 1.0
+    assert C.score("p", {"tests": calls}, "def add(a, b):\n    return 3\n", LIM)["reason"] == "wrong_answer (check 1)"
+    io = [{"stdin": "1 2\n", "stdout": "3\n"}, {"stdin": "2.5 0.25\n", "stdout": "2.75"}]
+    prog = "a, b = map(float, input().split())\ns = a + b\nprint(int(s) if s == int(s) else s)\n"
+    r = C.score("p", {"tests": io}, prog, LIM)
+    assert r["reward"] == 1.0 and r["hidden_checks"] == 2, r
+    assert C.score("p", {"tests": io}, "print(3)\n", LIM)["reason"] == "wrong_answer (check 1)"
+    assert C.score("p", {"tests": io}, "import sys\nprint(3)\nsys.exit(1)\n", LIM)["reward"] == 0.0
 
 
 def test_score_limits_and_bad_input():
@@ -53,6 +81,11 @@ def test_load_code_jsonl(tmp_path):
     assert C.score(rows[0]["prompt"], rows[0]["meta"], GOOD, LIM)["reward"] == 1.0
     write_jsonl([{"prompt": "a", "tests": "assert f(1) == 1"}, {"prompt": "b", "tests": "assert ("}], p)
     with pytest.raises(JsonlError, match="row 2: tests do not parse"):
+        C.load(p)
+    write_jsonl([{"prompt": "a", "tests": [{"call": "f", "args": [1], "expect": 1.5}], "rel_tol": 0.01}], p)
+    assert C.load(p)[0]["meta"]["rel_tol"] == 0.01
+    write_jsonl([{"prompt": "a", "tests": [{"stdin": "1"}]}], p)
+    with pytest.raises(JsonlError, match="row 1: tests do not parse"):
         C.load(p)
 
 

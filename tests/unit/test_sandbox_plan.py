@@ -1,0 +1,104 @@
+"""Host side of code verdicts: converting trusted asserts into steps + checks, and judging
+the sandbox's answers (no sandbox runs here: the answers are written by hand)."""
+
+import base64
+import json
+
+import pytest
+
+from verifiers import sandbox_tests as T
+from verifiers.sandbox_verdict import encode_value
+
+
+def _report(*records, clean=True, over=False):
+    raw = "".join(json.dumps(r) + "\n" for r in records).encode()
+    return {"rc": 0, "clean": clean, "over": over, "raw": raw}
+
+
+def _answers(plan, values):
+    return _report(*[{"i": i, "v": encode_value(v)} if "eval" in s else {"i": i, "ok": 1}
+                     for i, (s, v) in enumerate(zip(plan.steps, values))], {"done": True})
+
+
+def test_literal_loops_helpers_and_inlining_fold_on_the_host():
+    code = ("import math\nN = 3\ncases = [(n, n * n) for n in range(N)]\n"
+            "def check(candidate):\n    for x, want in cases:\n        assert candidate(x) == want\n"
+            "check(square)\nif __name__ == '__main__':\n    assert square(-2) == 4\n")
+    plan = T.plan(code)
+    evals = [s for s in plan.steps if "eval" in s]
+    assert [s["eval"] for s in evals] == ["candidate(x)"] * 3 + ["square(-2)"]
+    assert [s["bind"] for s in evals[:3]] == [{"x": encode_value(i)} for i in range(3)]
+    assert [c["expected"] for c in plan.checks.values()] == [0, 1, 4, 4]
+    assert plan.counts() == {"checks": 4, "hidden_checks": 4, "visible_checks": 0,
+                             "guessable_checks": 0, "attested_asserts": 0}
+    assert "want" not in json.dumps(plan.steps) and "cases" not in json.dumps(plan.steps)
+
+
+def test_check_kinds_are_counted():
+    code = ("assert f(1) == 2\nassert f(2) != 3 and f(3) > 1\nassert abs(f(4) - 0.5) < 1e-6\n"
+            "assert math.isclose(f(5), 2.5, rel_tol=1e-3)\nassert f(6) in (1, 2)\n"
+            "assert 7 in g()\nassert f(7) == f(8)\nassert f(9)\nassert not f(10)\nassert f(0) is None\n"
+            "assert f(1) == True\ntry:\n    f(-1)\n    assert False\nexcept ValueError:\n    pass\n")
+    plan = T.plan(code)
+    ops = [c["op"] for c in plan.checks.values()]
+    assert ops == ["eq", "ne", "gt", "approx", "isclose", "in", "contains", "pair", "truthy",
+                   "falsy", "is", "eq"]
+    assert plan.counts() == {"checks": 12, "hidden_checks": 7, "visible_checks": 1,
+                             "guessable_checks": 4, "attested_asserts": 1}
+
+
+def test_expected_value_handed_to_the_sandbox_becomes_visible():
+    plan = T.plan("want = [1, 2]\nhelper = lambda: want\nassert f() == want\nassert f() == [3]\n")
+    assert [c["strength"] for c in plan.checks.values()] == ["visible", "hidden"]
+
+
+def test_judge_rules():
+    plan = T.plan("assert f(1) == 2\nassert g() == [1.0, 'a']\n")
+    assert T.judge(plan, _answers(plan, [2, [1, "a"]])) == (1.0, "pass")
+    assert T.judge(plan, _answers(plan, [2.0000000001, (1, "a")]))[1] == "wrong_answer (check 1)"
+    assert T.judge(plan, _answers(plan, [3, [1, "a"]])) == (0.0, "wrong_answer (check 0)")
+    assert T.judge(plan, _report({"i": 0, "v": encode_value(2)}, {"done": True}))[1] == "tests_not_finished (step 1)"
+    assert T.judge(plan, _report({"i": 1, "v": encode_value(2)}))[1] == "bad_record (step 0)"
+    twice = _report({"i": 0, "v": encode_value(2)}, {"i": 0, "v": encode_value(2)}, {"done": True})
+    assert T.judge(plan, twice)[1] == "bad_record (step 1)"
+    assert T.judge(plan, _report({"stage": "solution", "exc": "SyntaxError"}))[1] == "error: solution: SyntaxError"
+    assert T.judge(plan, _report({"i": 0, "exc": "ZeroDivisionError"}))[1].startswith("error: tests: ZeroDivisionError")
+    assert T.judge(plan, _answers(plan, [2, [1, "a"]]) | {"clean": False})[1] == "cleanup_failed"
+    assert T.judge(plan, _answers(plan, [2, [1, "a"]]) | {"over": True})[1] == "result_limit"
+    assert T.judge(plan, {"rc": 0, "clean": True, "over": False, "raw": b"{oops\n"})[1].startswith("bad_record")
+    assert T.judge(plan, None) == (0.0, "no_report")
+    late = _answers(plan, [2, [1, "a"]])
+    late["raw"] += b'{"i": 2, "v": ["N"]}\n'
+    assert T.judge(plan, late)[1] == "bad_record (after done)"
+
+
+def test_constant_and_empty_tests():
+    assert T.judge(T.plan("assert 1 == 2\n"), _report({"done": True})) == (0.0, "tests assert a false constant")
+    assert T.judge(T.plan("x = 1\n"), _report({"done": True}))[1].startswith("no_checks")
+
+
+def test_stdout_match_and_bad_formats():
+    assert T.stdout_match("3\n", "3", 1e-9, 0) and T.stdout_match("1  2\n3", "1 2 3", 1e-9, 0)
+    assert T.stdout_match("0.30000000000000004", "0.3", 1e-9, 0)
+    assert not T.stdout_match("3.0", "3", 1e-9, 0)       # integers compare as written
+    assert not T.stdout_match("nan", "0.5", 1e-9, 0) and not T.stdout_match("1 2", "1", 1e-9, 0)
+    for bad in ([], [{"stdin": 1, "stdout": "2"}], [{"call": "f"}], [{"call": "f(", "expect": 1}], 5):
+        with pytest.raises(T.PlanError):
+            T.plan(bad)
+    with pytest.raises(T.PlanError, match="steps"):
+        T.plan("for i in range(10 ** 5):\n    assert f(i) == i\n")
+
+
+def test_recursive_helper_is_refused():
+    with pytest.raises(T.PlanError, match="calls itself"):
+        T.plan("def c(f):\n    assert f(1) == 1\n    c(f)\nc(g)\n")
+
+
+def test_report_base64_roundtrip_for_the_host():
+    from verifiers import sandbox as S
+    raw = b'{"done": true}\n'
+    line = "n0nce " + json.dumps({"rc": 0, "clean": True, "over": False,
+                                  "results": base64.b64encode(raw).decode()})
+    assert S._report("noise\n" + line + "\n", "n0nce", S.DEFAULT_LIMITS)["raw"] == raw
+    assert S._report(line.replace("n0nce", "other"), "n0nce", S.DEFAULT_LIMITS) is None
+    assert S._report("n0nce {bad", "n0nce", S.DEFAULT_LIMITS) is None
