@@ -36,7 +36,7 @@ def test_extract_with_configured_pattern():
     ("72", "The answer is \\boxed{72}", 1.0),
     ("72", "The answer is \\boxed{73}", 0.0),
     ("\\frac{1}{2}", "\\boxed{0.5}", 1.0),
-    ("\\frac{1}{2}", "\\boxed{\\frac{2}{4}}", 1.0),
+    ("\\frac{1}{2}", "\\boxed{\\frac{2}{4}}", 0.0),     # not in lowest terms
     ("0.5", "#### 1/2", 1.0),
     ("x^2+2x+1", "\\boxed{(x+1)^2}", 1.0),
     ("18", "Janet makes 9 * 2 = 18 dollars.\n#### 18", 1.0),
@@ -45,6 +45,39 @@ def test_extract_with_configured_pattern():
 def test_score_with_math_verify(gold, completion, reward):
     r = M.score("q", {"answer": gold}, completion)
     assert r["reward"] == reward, r
+
+
+@pytest.mark.parametrize("gold,completion,reason", [
+    ("-12955", "\\boxed{1663 - 5242 - 9376}", "not_a_number"),        # the question's expression
+    ("-12955", "\\boxed{-12955 + 0}", "not_a_number"),
+    ("138/583", "\\boxed{13524/57134}", "fraction_not_reduced"),       # the question's fraction
+    ("4", "\\boxed{8/2}", "fraction_not_reduced"),
+    ("5", "\\boxed{7 = 5}", "not_a_number"),
+    ("x^2+1", "\\boxed{x^2 = x^2+1}", "equation_answer"),             # only the RHS would match
+    ("\\frac{1}{3}", "\\boxed{0.333333}", "wrong_answer"),           # 6 decimals for a fraction
+    ("6.32098837209", "\\boxed{6.32098837}", "wrong_answer"),         # with the row's rel_tol 1e-12
+])
+def test_answers_that_are_not_answers_score_zero(gold, completion, reason):
+    r = M.score("q", {"answer": gold, "rel_tol": 1e-12}, completion)
+    assert r["reward"] == 0.0 and r["reason"].startswith(reason), r
+    assert r["rel_tol"] == 1e-12
+
+
+@pytest.mark.parametrize("gold,completion", [
+    ("44", "\\boxed{\\$44}"), ("28080", "\\boxed{28\\,080}"), ("28080", "\\boxed{28,080}"),
+    ("-12955", "\\boxed{-12955}."), ("-12955", "the answer is \\boxed{\u221212955}"),
+    ("$244/607$", "\\boxed{\\frac{244}{607}}"), ("138/583", "\\boxed{138/583.}"),
+    ("0.5", "\\boxed{\\frac{1}{2}}"), ("-\\frac{3}{4}", "\\boxed{\\frac{-3}{4}}"), ("3", "\\boxed{3.0}"),
+    ("12", "\\boxed{x = 12}"), ("90", "\\boxed{90^\\circ}"), ("15", "\\boxed{15 \\text{ apples}}"),
+])
+def test_equivalent_forms_are_accepted(gold, completion):
+    r = M.score("q", {"answer": gold}, completion)
+    assert r["reward"] == 1.0, r
+
+
+def test_row_pattern_final_period_is_normalised():
+    r = M.score("q", {"answer": "138/583", "pattern": r"Answer: (\S+)"}, "Answer: 138/583.")
+    assert r["reward"] == 1.0 and r["extracted"] == "138/583.", r
 
 
 def test_no_answer_and_bad_pattern():
@@ -56,12 +89,14 @@ def test_pathological_answers_get_a_verdict_within_their_timeout():
     one_mb = "\\boxed{" + "x+" * 500_000 + "1}"
     t = time.monotonic()
     r = M.score("q", {"answer": "5"}, one_mb)
-    assert r == {"reward": 0.0, "reason": "too_long", "extracted": r["extracted"]}
+    assert r == {"reward": 0.0, "reason": "too_long", "extracted": r["extracted"], "rel_tol": 1e-9, "abs_tol": 0.0}
     assert M.score("q", {"answer": "5"}, "\\frac{1}{2}" * 90_000)["reason"] == "no_answer"
     assert M.score("q", {"answer": "5"}, "#### " + "9" * 1_000_000)["reason"] == "too_long"
     assert time.monotonic() - t < 1.0
     t = time.monotonic()
     r = M.score("q", {"answer": "5"}, "\\boxed{9^{9^{9^{9}}}}")
+    assert r["reward"] == 0.0 and r["reason"].startswith("not_a_number"), r
+    r = M.score("q", {"answer": "x+1"}, "\\boxed{9^{9^{9^{9}}}}")
     assert r["reward"] == 0.0 and r["reason"] in ("timeout", "wrong_answer"), r
     assert time.monotonic() - t < M.PARSE_TIMEOUT_S * 2 + M.VERIFY_TIMEOUT_S + 2.0
     r = M.score("q", {"answer": "5"}, "\\boxed{9**9**9**9}")
@@ -89,7 +124,7 @@ def test_pool_times_out_a_stuck_job_without_blocking_others():
     with M.MathPool(workers=2, timeout_s=1.5) as pool:
         assert pool.score("q", {"answer": "2"}, "\\boxed{2}")["reward"] == 1.0   # warm one
         with ThreadPoolExecutor(2) as ex:
-            slow = ex.submit(pool.score, "q", {"answer": "5"}, "\\boxed{9^{9^{9^{9}}}}")
+            slow = ex.submit(pool.score, "q", {"answer": "x+1"}, "\\boxed{9^{9^{9^{9}}}}")
             time.sleep(0.05)
             t = time.monotonic()
             fast = [pool.score("q", {"answer": str(i)}, f"\\boxed{{{i}}}") for i in range(3)]
