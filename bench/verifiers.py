@@ -1,6 +1,15 @@
-"""Verifier throughput: verdicts/s per worker for arith, math and code, 1 vs 2 workers.
+"""Verifier speed: verdict latency before/after a change, and throughput with 1 vs 2 workers.
 
-Usage: python bench/verifiers.py [--seconds S] [--tasks arith,math,code] [--json OUT]
+Usage: python bench/verifiers.py --before main [--verdicts N] [--rounds R] [--tasks code,math]
+       python bench/verifiers.py [--seconds S] [--tasks arith,math,code] [--json OUT]
+
+Latency (`--before REF`): checks REF out into a temporary git worktree (removed after) and
+times single verdicts of the same inputs with REF's code ("before") and this tree's code
+("after") in one run: R rounds alternate a before-process and an after-process, each
+scoring N verdicts after a warm-up verdict, so load changes hit both sides alike. Prints
+median and p90 milliseconds per verdict and the after/before ratio of medians. Each side
+is a fresh `python -c` process whose sys.path starts with its tree, and reports which
+`verifiers` file it imported (so "before" provably ran REF's code).
 
 Each worker is a separate process (`--worker TASK SECONDS`, JSON result on stdout; no
 pickle) that warms up (imports, one verdict), then scores verdicts in a loop for SECONDS
@@ -67,6 +76,76 @@ def _scorer(task: str):
     return one
 
 
+LATENCY_SRC = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import verifiers
+task, n = sys.argv[2], int(sys.argv[3])
+if task == "code":
+    from verifiers import sandbox
+    tests = %r
+    sols = %r
+    one = lambda i: sandbox.run_tests(sols[i %% 2], tests)
+else:
+    from verifiers.tasks import math as mt
+    cases = %r
+    one = lambda i: mt.score("q", {"answer": cases[i %% len(cases)][0]}, cases[i %% len(cases)][1])
+one(0)
+times, rewards = [], []
+for i in range(n):
+    t = time.perf_counter()
+    rewards.append(one(i)["reward"])
+    times.append(time.perf_counter() - t)
+print(json.dumps({"file": verifiers.__file__, "times": times, "rewards": rewards}))
+""" % (CODE_TESTS, CODE_SOLUTIONS, MATH_CASES)
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def latency(ref: str, tasks: list[str], verdicts: int, rounds: int) -> dict:
+    """Median/p90 seconds per verdict with `ref`'s code vs this tree's, interleaved."""
+    import shutil
+    import tempfile
+    root = os.path.dirname(_HERE)
+    tmp = tempfile.mkdtemp(prefix="scca-bench-before-")
+    subprocess.run(["git", "-C", root, "worktree", "add", "--detach", "-q", tmp, ref], check=True)
+    try:
+        out = {}
+        for task in tasks:
+            sides = {"before": {"times": [], "rewards": []}, "after": {"times": [], "rewards": []}}
+            for _ in range(rounds):
+                for side, tree in (("before", tmp), ("after", root)):
+                    r = subprocess.run([sys.executable, "-c", LATENCY_SRC, tree, task, str(verdicts)],
+                                       capture_output=True, text=True, cwd=tree, check=True)
+                    res = json.loads(r.stdout.strip().splitlines()[-1])
+                    assert res["file"].startswith(tree), (side, res["file"])
+                    sides[side]["times"] += res["times"]
+                    sides[side]["rewards"] += res["rewards"]
+            out[task] = {side: {"median_ms": 1e3 * _percentile(v["times"], 0.5),
+                                "p90_ms": 1e3 * _percentile(v["times"], 0.9), "n": len(v["times"]),
+                                "mean_reward": sum(v["rewards"]) / len(v["rewards"])}
+                         for side, v in sides.items()}
+            out[task]["ratio_median"] = out[task]["after"]["median_ms"] / out[task]["before"]["median_ms"]
+    finally:
+        subprocess.run(["git", "-C", root, "worktree", "remove", "--force", tmp], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def print_latency(ref: str, res: dict) -> None:
+    print(f"{'task':<6} {'before median':>14} {'before p90':>11} {'after median':>13} "
+          f"{'after p90':>10} {'after/before':>13}   (ms per verdict; before = {ref})")
+    for task, r in res.items():
+        b, a = r["before"], r["after"]
+        print(f"{task:<6} {b['median_ms']:>14.1f} {b['p90_ms']:>11.1f} {a['median_ms']:>13.1f} "
+              f"{a['p90_ms']:>10.1f} {r['ratio_median']:>13.2f}   n={a['n']} rewards {b['mean_reward']:.2f}/{a['mean_reward']:.2f}")
+
+
 def worker(task: str, seconds: float) -> dict:
     one = _scorer(task)
     one()                                     # warm-up: imports, caches, probe
@@ -97,10 +176,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--tasks", default="arith,math,code")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--before", default=None, help="git ref whose verdict latency to compare with")
+    ap.add_argument("--verdicts", type=int, default=20, help="verdicts per process (latency)")
+    ap.add_argument("--rounds", type=int, default=3, help="before/after process pairs (latency)")
     ap.add_argument("--worker", nargs=2, metavar=("TASK", "SECONDS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(a.worker[0], float(a.worker[1]))))
+        return
+    if a.before:
+        tasks = [t for t in a.tasks.split(",") if t in ("code", "math")]
+        print(f"cpus: {os.cpu_count()}  load avg: {os.getloadavg()[0]:.2f}")
+        res = latency(a.before, tasks, a.verdicts, a.rounds)
+        print_latency(a.before, res)
+        print(f"load avg after: {os.getloadavg()[0]:.2f}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
         return
     from verifiers.sandbox import sandbox_mode
     print(f"sandbox mode: {sandbox_mode()}  cpus: {os.cpu_count()}  "

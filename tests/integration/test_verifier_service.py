@@ -1,5 +1,6 @@
-"""The verifier service as a real process: a stuck job times out without blocking others,
-verdicts are cached and stamped with version and sandbox mode."""
+"""The verifier service as a real process: a stuck completion times out on its own (its
+correct sibling still gets reward 1, other jobs flow), verdicts are cached and stamped with
+version and sandbox mode."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from verifiers.tasks import arith
 pytestmark = pytest.mark.integration
 
 HANG = "```python\ndef f(x):\n    while True:\n        pass\n```"
+GOOD = "```python\ndef f(x):\n    return 2 * x\n```"
 TESTS = "assert f(1) == 2\n"
 
 
@@ -44,7 +46,7 @@ async def _drive(tmp_path) -> dict:
         row = arith.generate(0, 1, "heldout")[0]
         good = [row["meta"]["solution"], "12+"]
         await router.send(identity, "verify_job", job_id="stuck", task="code", prompt="write f",
-                          meta={"tests": TESTS}, completions=[HANG])
+                          meta={"tests": TESTS}, completions=[HANG, GOOD])
         await router.send(identity, "verify_job", job_id="a1", task="arith", prompt=row["prompt"], meta=row["meta"],
                           completions=good)
         first = await _collect(router, {"stuck", "a1"}, 60)
@@ -58,10 +60,11 @@ async def _drive(tmp_path) -> dict:
         router.close()
 
 
-def test_stuck_job_times_out_others_flow_and_verdicts_are_cached(tmp_path):
+def test_stuck_completion_times_out_alone_others_flow_and_verdicts_are_cached(tmp_path):
     got = asyncio.run(_drive(tmp_path))
     stuck, stuck_s = got["stuck"]
-    assert stuck["rewards"] == [0.0] and stuck["details"][0]["reason"] == "timeout"
+    assert stuck["rewards"] == [0.0, 1.0] and stuck["details"][0]["reason"] == "timeout"
+    assert stuck["details"][1]["reason"] == "pass" and stuck["details"][1]["hidden_checks"] == 1
     a1, a1_s = got["a1"]
     assert a1["rewards"] == [1.0, 0.0] and a1_s < stuck_s  # answered while the stuck job was running
     assert a1["verifier_version"].startswith("arith-1/") and a1["details"][0]["sandbox"] in ("bwrap", "unshare", "none")
