@@ -6,7 +6,7 @@ Usage: python bench/verifiers.py --before main [--verdicts N] [--rounds R] [--ta
 Latency (`--before REF`): checks REF out into a temporary git worktree (removed after) and
 times single verdicts of the same inputs with REF's code ("before") and this tree's code
 ("after") in one run: R rounds alternate a before-process and an after-process, each
-scoring N verdicts after a warm-up verdict, so load changes hit both sides alike. Prints
+scoring N verdicts after 8 warm-up verdicts, so load changes hit both sides alike. Prints
 median and p90 milliseconds per verdict and the after/before ratio of medians. Each side
 is a fresh `python -c` process whose sys.path starts with its tree, and reports which
 `verifiers` file it imported (so "before" provably ran REF's code).
@@ -90,7 +90,8 @@ else:
     from verifiers.tasks import math as mt
     cases = %r
     one = lambda i: mt.score("q", {"answer": cases[i %% len(cases)][0]}, cases[i %% len(cases)][1])
-one(0)
+for i in range(8):          # warm-up: imports (math-verify is lazy), caches, probes
+    one(i)
 times, rewards = [], []
 for i in range(n):
     t = time.perf_counter()
