@@ -25,6 +25,8 @@ import json
 import math
 
 MAX_DEPTH = 64            # nesting limit of encoded values
+MAX_FRACTION_HEX = 2048   # hex digits of a Fraction's numerator/denominator (gcd cost)
+MAX_DECIMAL_EXP = 4000    # |exponent| above which a Decimal is compared as a float
 NUMERIC = ("i", "f", "q", "D", "c", "b")
 
 
@@ -109,7 +111,8 @@ def decode_value(e, depth=0):
         return e[1]
     if tag == "B" and n == 2 and type(e[1]) is str:
         return bytes.fromhex(e[1])
-    if tag == "q" and n == 3 and type(e[1]) is str and type(e[2]) is str:
+    if (tag == "q" and n == 3 and type(e[1]) is str and type(e[2]) is str
+            and len(e[1]) + len(e[2]) <= 2 * MAX_FRACTION_HEX):
         from fractions import Fraction
         return Fraction(int(e[1], 16), int(e[2], 16))
     if tag == "D" and n == 2 and type(e[1]) is str and len(e[1]) < 4096:
@@ -147,9 +150,12 @@ def numbers_match(a, e, rel_tol, abs_tol):
         a, e = complex(a), complex(e)
         return (math.isclose(a.real, e.real, rel_tol=rel_tol, abs_tol=abs_tol)
                 and math.isclose(a.imag, e.imag, rel_tol=rel_tol, abs_tol=abs_tol))
+    def rational(d):       # a Decimal as a Fraction, unless that would be a huge integer
+        small = d.is_finite() and abs(d.as_tuple().exponent) <= MAX_DECIMAL_EXP
+        return Fraction(d) if small else float(d)
     try:
-        fa = a if type(a) is not Decimal else (Fraction(a) if a.is_finite() else float(a))
-        fe = e if type(e) is not Decimal else (Fraction(e) if e.is_finite() else float(e))
+        fa = a if type(a) is not Decimal else rational(a)
+        fe = e if type(e) is not Decimal else rational(e)
         if type(fa) in exact and type(fe) in exact:
             return fa == fe
         return math.isclose(float(fa), float(fe), rel_tol=rel_tol, abs_tol=abs_tol)

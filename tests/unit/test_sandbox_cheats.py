@@ -121,6 +121,13 @@ CHEATS = {
         "forged_report_on_stdout": ("add", "import os, secrets, json\nprint(secrets.token_hex(16) + ' ' + json.dumps({'rc': 0, 'clean': True, 'over': False, 'results': ''}))\n"
                                     "os.write(1, b'\\n' + b'0' * 32 + b' {}\\n')\ndef add(a, b):\n    return 0\n", "wrong_answer (check 0)"),
     },
+    "host_parsing": {
+        "decimal_exponent_bomb": ("approx", "from decimal import Decimal\ndef area(r):\n    return Decimal('1e999999999')\n", "wrong_answer (check 0)"),
+        "huge_fraction": ("fraction", "from fractions import Fraction\ndef half(x):\n    return Fraction(3 ** 20000 + 1, 2 ** 30000)\n", "bad_record"),
+        "huge_int_vs_float": ("approx", "def area(r):\n    return 7 ** 100000\n", "wrong_answer (check 0)"),
+        "huge_string_answer": ("add", "def add(a, b):\n    return 'x' * (1 << 20)\n", "wrong_answer (check 0)"),
+        "over_result_cap": ("add", "def add(a, b):\n    return 'x' * (5 << 20)\n", None),
+    },
     "hidden_answers": {
         "read_expected_from_frames": ("add", "import sys\nf = sys._getframe()\nwhile f.f_back:\n    f = f.f_back\nprint(sorted(f.f_globals)[:40], f.f_locals.get('steps'))\ndef add(a, b):\n    return -1\n", "wrong_answer (check 0)"),
         "read_nonce_from_supervisor": ("add", "import os\nppid = os.getppid()\nfor p in ('/proc/%d/mem' % ppid, '/proc/%d/environ' % ppid, '/proc/%d/fd/0' % ppid, '/proc/1/environ'):\n    try:\n        open(p, 'rb').read(100)\n    except OSError as e:\n        print(p, e)\n", "error: tests: NameError"),
@@ -170,6 +177,13 @@ def test_patched_runtime_gets_no_reward(name):
 @pytest.mark.parametrize("name", sorted(CHEATS["forged_records"]))
 def test_forged_records_get_no_reward(name):
     _cheat("forged_records", name)
+
+
+@pytest.mark.parametrize("name", sorted(CHEATS["host_parsing"]))
+def test_host_parsing_of_answers_is_bounded(name):
+    t = time.monotonic()
+    _cheat("host_parsing", name)
+    assert time.monotonic() - t < LIM.wall_s
 
 
 @pytest.mark.parametrize("name", sorted(CHEATS["hidden_answers"]))
