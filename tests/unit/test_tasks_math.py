@@ -90,8 +90,12 @@ def test_pathological_answers_get_a_verdict_within_their_timeout():
     t = time.monotonic()
     r = M.score("q", {"answer": "5"}, one_mb)
     assert r == {"reward": 0.0, "reason": "too_long", "extracted": r["extracted"], "rel_tol": 1e-9, "abs_tol": 0.0}
-    assert M.score("q", {"answer": "5"}, "\\frac{1}{2}" * 90_000)["reason"] == "no_answer"
-    assert M.score("q", {"answer": "5"}, "#### " + "9" * 1_000_000)["reason"] == "too_long"
+    assert M.score("q", {"answer": "5"}, "\\frac{1}{2}" * 30_000)["reason"] == "no_answer"
+    assert M.score("q", {"answer": "5"}, "#### " + "9" * 300_000)["reason"] == "too_long"
+    assert M.score("q", {"answer": "5"}, "x" * (M.MAX_COMPLETION_CHARS + 1))["reason"] == "too_long"
+    far = {"answer": "5", "pattern": r"Answer: (\d+)"}
+    assert M.score("q", far, "Answer: 5" + "x" * M.PATTERN_WINDOW)["reason"] == "no_answer"   # window
+    assert M.score("q", far, "x" * 300_000 + "Answer: 5")["reward"] == 1.0
     assert time.monotonic() - t < 1.0
     t = time.monotonic()
     r = M.score("q", {"answer": "5"}, "\\boxed{9^{9^{9^{9}}}}")

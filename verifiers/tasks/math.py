@@ -4,7 +4,9 @@ Answer extraction (`extract_answer`), first that applies:
   1. the content of the LAST `\\boxed{...}` (balanced braces; also `\\boxed x`);
   2. the rest of the line after the LAST `#### ` (GSM8K; commas between digits, `$` and a
      final `.` removed);
-  3. the last match of meta["pattern"] (a regex; group 1 if it has one, else the match).
+  3. the last match of meta["pattern"] (a regex; group 1 if it has one, else the match),
+     searched in the completion's last PATTERN_WINDOW characters only.
+A completion over MAX_COMPLETION_CHARS is "too_long" before anything scans it.
 The extracted answer (at most MAX_ANSWER_CHARS, else reason "too_long") and the gold are
 normalised (math_answer.normalise: `\\$`, `\\,`, a closing period, units, digit groups).
 Then:
@@ -50,6 +52,8 @@ SETTINGS = ("rel_tol", "abs_tol")
 DEFAULT_REL_TOL = 1e-9        # numbers with a decimal compare with math.isclose(rel_tol, abs_tol)
 DEFAULT_ABS_TOL = 0.0
 MAX_ANSWER_CHARS = 512        # a longer extracted answer is "too_long" (never parsed)
+MAX_COMPLETION_CHARS = 400_000  # a longer completion is "too_long" before any scanning
+PATTERN_WINDOW = 4096         # a row's pattern only sees the completion's last characters
 PARSE_TIMEOUT_S = 2           # math-verify parse timeout per expression (alarm, int s)
 VERIFY_TIMEOUT_S = 3          # math-verify verify timeout (alarm, int s)
 POOL_JOB_TIMEOUT_S = 10.0     # MathPool wall timeout per job, worker start excluded
@@ -86,7 +90,7 @@ def extract_answer(completion: str, pattern: str | None = None) -> str | None:
         line = re.sub(r"(?<=\d),(?=\d)", "", line).replace("$", "").rstrip(".").strip()
         return line or None
     if pattern:
-        matches = list(re.finditer(pattern, completion))
+        matches = list(re.finditer(pattern, completion[-PATTERN_WINDOW:]))
         if matches:
             m = matches[-1]
             return (m.group(1) if m.re.groups else m.group(0)).strip()
@@ -118,6 +122,8 @@ def score(prompt: str, meta: dict, completion: str, rel_tol: float = DEFAULT_REL
 def _score(meta: dict, completion, tol: dict) -> dict:
     if not isinstance(completion, str):
         return {"reward": 0.0, "reason": "completion is not text", "extracted": None}
+    if len(completion) > MAX_COMPLETION_CHARS:
+        return {"reward": 0.0, "reason": "too_long", "extracted": None}
     try:
         answer = extract_answer(completion, meta.get("pattern"))
     except re.error as e:
