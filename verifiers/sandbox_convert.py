@@ -13,7 +13,9 @@ environment of names whose values it could fold on the host (sandbox_plan.fold):
     as an `exec` setup step, with the folded names it reads bound first (which reveals
     them: a hidden check whose expected value used a revealed name becomes visible), and
     every assert inside it counts as attested.
-Steps that evaluate an expression bind the folded names they read as inputs.
+Steps that evaluate an expression bind the folded names they read as inputs; from then
+on those names live in the sandbox (a solution that mutates an input list is checked
+against the mutated list, as plain Python would). `math.<fn>(literal)` folds here.
 
 Does NOT: run anything; guess what a non-foldable expected value would be.
 """
@@ -159,12 +161,18 @@ class Converter:
 
     # ------------------------------------------------------------------ asserts
     def eval_step(self, expr: ast.expr, spec: dict, expected_from: ast.AST | None = None) -> None:
+        """One answer to compare. Folded names the expression reads are bound in the sandbox
+        first, and the sandbox owns them from then on (it may mutate or rebind them, as
+        the tests' own namespace would), so later checks read them there."""
         i = len(self.steps)
-        self.steps.append({"eval": ast.unparse(expr), "bind": self._binds(expr)})
-        self.revealed.update(self.steps[-1]["bind"])
-        self.checks[i] = {**self.tol, **spec}
         if expected_from is not None:
             self.expected_names[i] = loaded_names(expected_from) & set(self.env)
+        binds = self._binds(expr)
+        self.steps.append({"eval": ast.unparse(expr), "bind": binds})
+        self.revealed.update(binds)
+        for name in binds:
+            self.env.pop(name)
+        self.checks[i] = {**self.tol, **spec}
 
     def assert_(self, t: ast.expr) -> None:
         if isinstance(t, ast.BoolOp) and isinstance(t.op, ast.And):

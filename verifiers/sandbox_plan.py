@@ -3,7 +3,8 @@
 `Plan` is what the host keeps for one verdict: the steps the sandbox runs and the checks
 (expected values) that never leave the host. `fold(node, env)` evaluates a literal/pure
 expression of the trusted tests — constants, containers, arithmetic, comparisons,
-subscripts, comprehensions and a fixed set of pure builtins (SAFE_CALLS) — with bounds on
+subscripts, comprehensions, a fixed set of pure builtins (SAFE_CALLS) and of `math`
+functions and constants (MATH_CALLS, MATH_CONSTANTS) — with bounds on
 the size of every intermediate value (MAX_FOLD_ITEMS, MAX_FOLD_BITS), and raises
 NotFoldable for anything else.
 
@@ -72,6 +73,28 @@ PYCMP = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator
          "notin": lambda a, b: a not in b, "is": operator.is_, "isnot": operator.is_not}
 FLIP = {"eq": "eq", "ne": "ne", "lt": "gt", "le": "ge", "gt": "lt", "ge": "le",
         "in": "contains", "notin": "notcontains"}
+
+
+def _factorial(n):
+    if not isinstance(n, int) or n > 2000:
+        raise NotFoldable
+    return __import__("math").factorial(n)
+
+
+MATH_CALLS = {name: getattr(__import__("math"), name) for name in (
+    "sqrt", "exp", "log", "log2", "log10", "sin", "cos", "tan", "asin", "acos", "atan",
+    "atan2", "hypot", "floor", "ceil", "fabs", "gcd", "lcm", "isqrt", "comb", "perm",
+    "trunc", "degrees", "radians")}
+MATH_CALLS["factorial"] = _factorial
+MATH_CONSTANTS = {"pi", "e", "tau", "inf", "nan"}
+
+
+def _math_attr(node, env):
+    """`math.NAME` when `math` is the module (not rebound by the tests), else None."""
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == "math" and "math" not in env):
+        return node.attr
+    return None
 
 
 def _size_ok(v) -> bool:
@@ -151,6 +174,13 @@ def _fold1(node, env):
         if len(args) != len(node.args):
             raise NotFoldable
         return SAFE_CALLS[node.func.id](*args, **{k.arg: f(k.value) for k in node.keywords if k.arg})
+    if _math_attr(node, env) in MATH_CONSTANTS:
+        return getattr(__import__("math"), node.attr)
+    if isinstance(node, ast.Call) and _math_attr(node.func, env) in MATH_CALLS and not node.keywords:
+        args = [f(a) for a in node.args if not isinstance(a, ast.Starred)]
+        if len(args) != len(node.args) or any(isinstance(a, int) and a.bit_length() > 4096 for a in args):
+            raise NotFoldable
+        return MATH_CALLS[node.func.attr](*args)
     if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp)) and len(node.generators) == 1:
         out = [f_elt for f_elt in _comp(node, env)]
         return set(out) if isinstance(node, ast.SetComp) else out

@@ -102,3 +102,11 @@ def test_report_base64_roundtrip_for_the_host():
     assert S._report("noise\n" + line + "\n", "n0nce", S.DEFAULT_LIMITS)["raw"] == raw
     assert S._report(line.replace("n0nce", "other"), "n0nce", S.DEFAULT_LIMITS) is None
     assert S._report("n0nce {bad", "n0nce", S.DEFAULT_LIMITS) is None
+
+
+def test_inputs_belong_to_the_sandbox_once_handed_over():
+    plan = T.plan("x = [3, 1, 2]\nassert srt(x) == [1, 2, 3]\nassert x == [3, 1, 2]\n"
+                  "import math\nassert root(2) == math.sqrt(2)\n")
+    assert [s.get("eval") for s in plan.steps] == ["srt(x)", "x", None, "root(2)"]
+    assert plan.checks[1]["expected"] == [3, 1, 2] and plan.checks[3]["expected"] == 2 ** 0.5
+    assert plan.counts()["hidden_checks"] == 3
