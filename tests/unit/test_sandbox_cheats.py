@@ -214,3 +214,23 @@ def test_expected_values_never_enter_the_sandbox():
     plan = sandbox_tests.plan(TASKS["add"][0])
     assert [s["eval"] for s in plan.steps] == ["add(1, 2)", "add(-4, 4)", "add(10 ** 30, 1)"]
     assert plan.counts()["hidden_checks"] == 3
+
+
+def test_verdicts_stay_unforgeable_without_kernel_hardening(monkeypatch):
+    """The judge is on the host, so no cheat passes even with `accept_weak_sandbox` on a
+    machine without cgroups or seccomp (there only the host-resource limits weaken)."""
+    if S.sandbox_mode() != "bwrap":
+        pytest.skip("bubblewrap mode only")
+    monkeypatch.setattr(S, "_kernel_limits", lambda: (None, False))
+    passed = []
+    for cls, name in CHEAT_CASES:
+        task, program, _ = CHEATS[cls][name]
+        if "FD" in program:
+            program = FIND_RESULT_FD + program
+        r = S.run_tests(program, TASKS[task][0], LIM, accept_weak=True)
+        assert r["hardening"] == "weak"
+        if r["reward"] != 0.0:
+            passed.append(name)
+    assert passed == []
+    for task, (tests, reference) in TASKS.items():
+        assert S.run_tests(reference, tests, LIM, accept_weak=True)["reward"] == 1.0, task
