@@ -11,7 +11,8 @@ environment of names whose values it could fold on the host (sandbox_plan.fold):
   * `assert` becomes one check per `and`-ed term (see sandbox_tests.py for the kinds);
   * every other statement (imports, defs, classes, while, try, ...) runs in the sandbox
     as an `exec` setup step, with the folded names it reads bound first (which reveals
-    them: a hidden check whose expected value used a revealed name becomes visible), and
+    them: a hidden check whose expected value IS a revealed variable, or an item of one,
+    becomes visible), and
     every assert inside it counts as attested.
 Steps that evaluate an expression bind the folded names they read as inputs; from then
 on those names live in the sandbox (a solution that mutates an input list is checked
@@ -165,8 +166,11 @@ class Converter:
         first, and the sandbox owns them from then on (it may mutate or rebind them, as
         the tests' own namespace would), so later checks read them there."""
         i = len(self.steps)
-        if expected_from is not None:
-            self.expected_names[i] = loaded_names(expected_from) & set(self.env)
+        root = expected_from
+        while isinstance(root, ast.Subscript):
+            root = root.value
+        if isinstance(root, ast.Name) and root.id in self.env:   # the expected value is a
+            self.expected_names[i] = {root.id}                     # variable's content
         binds = self._binds(expr)
         self.steps.append({"eval": ast.unparse(expr), "bind": binds})
         self.revealed.update(binds)
@@ -178,6 +182,13 @@ class Converter:
         if isinstance(t, ast.BoolOp) and isinstance(t.op, ast.And):
             for v in t.values:
                 self.assert_(v)
+            return
+        if isinstance(t, ast.Compare) and len(t.ops) > 1:     # a == b == c: pairwise checks
+            terms = [t.left] + t.comparators
+            for op, a, b in zip(t.ops, terms, terms[1:]):
+                self.assert_(ast.Compare(a, [op], [b]))
+            return
+        if self._all_of(t):
             return
         try:
             if not fold(t, self.env):
@@ -192,6 +203,33 @@ class Converter:
             self.eval_step(t.operand, {"op": "falsy", "strength": "guessable"})
         else:
             self.eval_step(t, {"op": "truthy", "strength": "guessable"})
+
+    def _all_of(self, t: ast.expr) -> bool:
+        """`assert all(E for v in ITER if C)` with ITER and C foldable: one check per item."""
+        if not (isinstance(t, ast.Call) and isinstance(t.func, ast.Name) and t.func.id == "all"
+                and "all" not in self.env and len(t.args) == 1 and not t.keywords
+                and isinstance(t.args[0], (ast.GeneratorExp, ast.ListComp))
+                and len(t.args[0].generators) == 1 and not t.args[0].generators[0].is_async):
+            return False
+        gen = t.args[0].generators[0]
+        try:
+            items = list(fold(gen.iter, self.env))
+            trial = dict(self.env)
+            for item in items:
+                bind(gen.target, item, trial)
+                [fold(c, trial) for c in gen.ifs]
+        except (NotFoldable, TypeError):
+            return False
+        names = stored_names(gen.target)
+        saved = {n: self.env[n] for n in names if n in self.env}
+        for item in items:
+            bind(gen.target, item, self.env)
+            if all(fold(c, self.env) for c in gen.ifs):
+                self.assert_(t.args[0].elt)
+        for n in names:
+            self.env.pop(n, None)
+        self.env.update(saved)
+        return True
 
     def _foldable_side(self, a: ast.expr, b: ast.expr):
         """(actual, expected value, expected node, flipped) with one side foldable, or None."""

@@ -18,8 +18,8 @@ Test formats:
     `def check(candidate): ...` + `check(f)` is inlined; each `assert` becomes a check:
       - hidden: `E == X`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`, `abs(E - X) < t`,
         `math.isclose(E, X, ...)` with X foldable here: E is evaluated in the sandbox, X
-        never leaves the host (unless the tests themselves hand X to the sandbox: then it
-        counts as visible);
+        never leaves the host (unless the tests themselves hand the variable X holds to the
+        sandbox: then it counts as visible);
       - visible: both sides computed in the sandbox (`f(x) == g(x)`), compared here;
       - guessable: `E is None/True/False`, `assert E`, `assert not E`: compared here, but
         a constant answer passes them;

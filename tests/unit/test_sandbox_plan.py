@@ -110,3 +110,12 @@ def test_inputs_belong_to_the_sandbox_once_handed_over():
     assert [s.get("eval") for s in plan.steps] == ["srt(x)", "x", None, "root(2)"]
     assert plan.checks[1]["expected"] == [3, 1, 2] and plan.checks[3]["expected"] == 2 ** 0.5
     assert plan.counts()["hidden_checks"] == 3
+
+
+def test_all_and_chained_comparisons_become_separate_checks():
+    plan = T.plan("assert all(sq(i) == i * i for i in range(4) if i != 2)\nassert 0 < f(1) < 5\n"
+                  "assert all(g(x) for x in [1, 2])\n")
+    assert [(s["eval"], c["op"], c.get("expected")) for s, c in zip(plan.steps, plan.checks.values())] == [
+        ("sq(i)", "eq", 0), ("sq(i)", "eq", 1), ("sq(i)", "eq", 9), ("f(1)", "gt", 0), ("f(1)", "lt", 5),
+        ("g(x)", "truthy", None), ("g(x)", "truthy", None)]
+    assert plan.counts()["hidden_checks"] == 5
