@@ -9,7 +9,8 @@ process's own cgroup in each hierarchy and sets:
   * memory: `memory.max` (v2; swap `memory.swap.max` = 0) or `memory.limit_in_bytes`
     (+ `memory.memsw.limit_in_bytes` where swap accounting exists) = limits.memory_bytes.
     The memory controller charges anonymous memory, page cache, tmpfs/shmem pages (so
-    memfd and /tmp files) and kernel memory (inodes, dentries, page tables, sockets), so a
+    memfd and /tmp files) and kernel memory (inodes, dentries, page tables, pipe and
+    unix-socket buffers; TCP buffers too: v1 gets `memory.kmem.tcp.limit_in_bytes`), so a
     program that outgrows it is OOM-killed inside its group, never the host's processes;
   * pids: `pids.max` = limits.pids (threads count);
   * cpu: `cpu.max` / `cpu.cfs_quota_us` = limits.cpu_cores of CPU time per period.
@@ -120,6 +121,10 @@ class RunCgroup:
         _write(f"{m}/memory.limit_in_bytes", str(memory_bytes))
         if os.path.exists(f"{m}/memory.memsw.limit_in_bytes"):
             _write(f"{m}/memory.memsw.limit_in_bytes", str(memory_bytes))
+        try:        # v1 accounts TCP buffers only once this is set (v2 always does)
+            _write(f"{m}/memory.kmem.tcp.limit_in_bytes", str(memory_bytes))
+        except OSError:
+            pass
         _write(f"{self.dirs['pids']}/pids.max", str(pids))
         _write(f"{self.dirs['cpu']}/cpu.cfs_period_us", str(CPU_PERIOD_US))
         _write(f"{self.dirs['cpu']}/cpu.cfs_quota_us", str(quota))
