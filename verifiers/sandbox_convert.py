@@ -8,7 +8,12 @@ environment of names whose values it could fold on the host (sandbox_plan.fold):
   * a top-level `def f(p, ...)` whose only uses are statements `f(a, ...)` is inlined
     (HumanEval's `def check(candidate)` + `check(fn)`): foldable arguments bind here,
     others are bound in the sandbox by a setup step `p = a`;
-  * `assert` becomes one check per `and`-ed term (see sandbox_tests.py for the kinds);
+  * `assert` becomes one check per `and`-ed term, `all(...)` item and link of a chained
+    comparison (see sandbox_tests.py for the kinds);
+  * a `unittest.TestCase` class whose test methods use `self` only in `self.assertX(...)`
+    is inlined as plain asserts (methods in alphabetical order) and `unittest.main()`
+    dropped; a class with setUp, attributes or other uses of `self` runs in the sandbox,
+    through a runner that raises unless every test ran and passed (attested);
   * every other statement (imports, defs, classes, while, try, ...) runs in the sandbox
     as an `exec` setup step, with the folded names it reads bound first (which reveals
     them: a hidden check whose expected value IS a revealed variable, or an item of one,
@@ -30,6 +35,96 @@ from verifiers.sandbox_verdict import encode_value
 
 MAX_INLINE_DEPTH = 16       # nested inlining of test helpers
 STRONG_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "notin", "contains", "notcontains")
+
+
+UNITTEST_ASSERTS = {          # self.assertX(a, b) -> assert a OP b
+    "assertEqual": ast.Eq, "assertEquals": ast.Eq, "assertListEqual": ast.Eq,
+    "assertTupleEqual": ast.Eq, "assertDictEqual": ast.Eq, "assertSetEqual": ast.Eq,
+    "assertSequenceEqual": ast.Eq, "assertNotEqual": ast.NotEq, "assertIs": ast.Is,
+    "assertIsNot": ast.IsNot, "assertIn": ast.In, "assertNotIn": ast.NotIn,
+    "assertGreater": ast.Gt, "assertGreaterEqual": ast.GtE, "assertLess": ast.Lt,
+    "assertLessEqual": ast.LtE}
+
+
+UNITTEST_RUNNER = ("__scca_run = __import__('unittest').main(module='__main__', argv=['tests'], "
+                   "exit=False, verbosity=0)\n"
+                   "if not (__scca_run.result.wasSuccessful() and __scca_run.result.testsRun > 0):\n"
+                   "    raise AssertionError('unittest: a test failed or none ran')\n")
+
+
+def _attested_count(node: ast.AST) -> int:
+    """Asserts (and unittest assert/fail calls) inside a statement run in the sandbox."""
+    return sum(isinstance(x, ast.Assert) or isinstance(x, ast.Call) and isinstance(x.func, ast.Attribute)
+               and x.func.attr.startswith(("assert", "fail")) for x in ast.walk(node))
+
+
+def _unittest_assert(call: ast.Call) -> ast.expr | None:
+    """The plain assert expression of `self.assertX(...)`, or None."""
+    f, a = call.func, call.args
+    if not (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self"):
+        return None
+    kw = {k.arg: k.value for k in call.keywords if k.arg != "msg"}
+    if f.attr in UNITTEST_ASSERTS and len(a) >= 2 and not kw:
+        return ast.Compare(a[0], [UNITTEST_ASSERTS[f.attr]()], [a[1]])
+    if f.attr in ("assertTrue", "assertFalse", "assertIsNone", "assertIsNotNone") and a and not kw:
+        return {"assertTrue": a[0], "assertFalse": ast.UnaryOp(ast.Not(), a[0]),
+                "assertIsNone": ast.Compare(a[0], [ast.Is()], [ast.Constant(None)]),
+                "assertIsNotNone": ast.Compare(a[0], [ast.IsNot()], [ast.Constant(None)])}[f.attr]
+    if f.attr == "assertAlmostEqual" and len(a) == 2 and set(kw) <= {"places", "delta"}:
+        tol = kw.get("delta") or ast.BinOp(ast.Constant(0.5), ast.Mult(), ast.BinOp(
+            ast.Constant(10.0), ast.Pow(), ast.UnaryOp(ast.USub(), kw.get("places", ast.Constant(7)))))
+        diff = ast.Call(ast.Name("abs", ast.Load()), [ast.BinOp(a[0], ast.Sub(), a[1])], [])
+        return ast.Compare(diff, [ast.LtE()], [tol])
+    return None
+
+
+def _unittest_to_asserts(tree: ast.Module) -> ast.Module:
+    """Inline TestCase classes whose test methods use `self` only in self.assertX calls
+    (methods in unittest's alphabetical order) and drop `unittest.main()`; any other
+    class stays as it is (it then runs in the sandbox: attested)."""
+    body, converted, kept = [], 0, 0
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(b).endswith("TestCase") for b in node.bases):
+            stmts = _test_methods(node)
+            if stmts is None:
+                kept += 1
+                body.append(node)
+            else:
+                converted += 1
+                body.extend(stmts)
+        else:
+            body.append(node)
+    if converted or kept:
+        body = [n for n in body if not _is_unittest_main(n)]
+    if kept:                # run the kept classes once, and fail unless every test passed
+        body += ast.parse(UNITTEST_RUNNER).body
+    return ast.Module(body, tree.type_ignores)
+
+
+def _test_methods(cls: ast.ClassDef) -> list[ast.stmt] | None:
+    methods = sorted((m for m in cls.body if isinstance(m, ast.FunctionDef)
+                      and m.name.startswith("test")), key=lambda m: m.name)
+    if any(not isinstance(m, (ast.FunctionDef, ast.Expr, ast.Pass)) or
+           isinstance(m, ast.FunctionDef) and not m.name.startswith("test") for m in cls.body):
+        return None                           # setUp, attributes, helpers: leave it alone
+    out = []
+    for m in methods:
+        for st in m.body:
+            if isinstance(st, ast.Expr) and isinstance(st.value, ast.Call):
+                expr = _unittest_assert(st.value)
+                st = ast.Assert(expr, None) if expr is not None else st
+            if any(isinstance(n, ast.Name) and n.id == "self" for n in ast.walk(st)):
+                return None
+            out.append(st)
+    return [ast.fix_missing_locations(st) for st in out]
+
+
+def _is_unittest_main(node: ast.stmt) -> bool:
+    if isinstance(node, ast.If):
+        return all(_is_unittest_main(n) for n in node.body) and not node.orelse
+    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+            and ast.unparse(node.value.func) in ("unittest.main", "main"))
 
 
 def _inlinable(tree: ast.Module) -> dict[str, ast.FunctionDef]:
@@ -74,7 +169,7 @@ class Converter:
         self.depth = 0
 
     def run(self, code: str) -> Plan:
-        tree = ast.parse(code)
+        tree = _unittest_to_asserts(ast.parse(code))
         self.macros = _inlinable(tree)
         self.block(tree.body)
         for i, names in self.expected_names.items():
@@ -155,7 +250,7 @@ class Converter:
     def exec_step(self, s: ast.stmt, setup: bool = False) -> None:
         binds = self._binds(s)
         self.revealed.update(binds)
-        self.attested += 0 if setup else sum(isinstance(x, ast.Assert) for x in ast.walk(s))
+        self.attested += 0 if setup else _attested_count(s)
         for name in stored_names(s) | set(binds):     # the sandbox owns these from now on
             self.env.pop(name, None)
         self.steps.append({"exec": ast.unparse(ast.fix_missing_locations(s)), "bind": binds})

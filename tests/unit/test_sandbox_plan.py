@@ -119,3 +119,17 @@ def test_all_and_chained_comparisons_become_separate_checks():
         ("sq(i)", "eq", 0), ("sq(i)", "eq", 1), ("sq(i)", "eq", 9), ("f(1)", "gt", 0), ("f(1)", "lt", 5),
         ("g(x)", "truthy", None), ("g(x)", "truthy", None)]
     assert plan.counts()["hidden_checks"] == 5
+
+
+def test_unittest_classes_become_host_checks():
+    code = ("import unittest\nclass T(unittest.TestCase):\n    def test_b(self):\n        self.assertEqual(f(2), 4)\n"
+            "        self.assertAlmostEqual(g(1), 0.5, places=3)\n    def test_a(self):\n        self.assertTrue(h(1))\n"
+            "        self.assertIn(f(1), [1, 2])\n        self.assertIsNone(k())\nif __name__ == '__main__':\n    unittest.main()\n")
+    plan = T.plan(code)
+    assert [s.get("eval") for s in plan.steps] == [None, "h(1)", "f(1)", "k()", "f(2)", "g(1)"]
+    assert [c["op"] for c in plan.checks.values()] == ["truthy", "in", "is", "eq", "approx"]
+    assert plan.counts()["hidden_checks"] == 3 and plan.attested == 0
+    kept = T.plan("import unittest\nclass T(unittest.TestCase):\n    def setUp(self):\n        self.x = 1\n"
+                  "    def test_a(self):\n        self.assertEqual(f(self.x), 2)\nunittest.main(exit=False)\n")
+    assert kept.checks == {} and kept.attested == 1 and "wasSuccessful" in kept.steps[-1]["exec"]
+    assert all("exit=False)" not in s.get("exec", "") or "__scca_run" in s["exec"] for s in kept.steps)

@@ -67,6 +67,21 @@ def test_data_tests_calls_and_stdio():
     assert C.score("p", {"tests": io}, "import sys\nprint(3)\nsys.exit(1)\n", LIM)["reward"] == 0.0
 
 
+def test_unittest_tests_both_ways():
+    """A plain TestCase is judged on the host; one with setUp runs in the sandbox (attested)."""
+    plain = ("import unittest\nclass T(unittest.TestCase):\n    def test_a(self):\n        self.assertEqual(add(2, 3), 5)\n"
+             "if __name__ == '__main__':\n    unittest.main()\n")
+    stateful = ("import unittest\nclass T(unittest.TestCase):\n    def setUp(self):\n        self.x = 2\n"
+                "    def test_a(self):\n        self.assertEqual(add(self.x, 3), 5)\nunittest.main()\n")
+    good, bad = "def add(a, b):\n    return a + b\n", "def add(a, b):\n    return 0\n"
+    r = C.score("p", {"tests": plain}, good, LIM)
+    assert r["reward"] == 1.0 and r["hidden_checks"] == 1, r
+    assert C.score("p", {"tests": plain}, bad, LIM)["reason"] == "wrong_answer (check 0)"
+    r = C.score("p", {"tests": stateful}, good, LIM)
+    assert r["reward"] == 1.0 and r["attested_asserts"] == 1 and r["checks"] == 0, r
+    assert C.score("p", {"tests": stateful}, bad, LIM)["reason"].startswith("error: tests: AssertionError")
+
+
 def test_score_limits_and_bad_input():
     r = C.score("p", {"tests": TESTS}, "x = '" + "a" * (C.MAX_CODE_CHARS + 1) + "'", LIM)
     assert r == {"reward": 0.0, "reason": "too_long"}
