@@ -28,8 +28,13 @@ complete (`hardening()`: bubblewrap + a cgroup + the seccomp filter):
     /etc, /home, /root, /work, no data files, no host sockets), a fresh /proc, and a
     per-run uid without capabilities and with NO_NEW_PRIVS.
 What is NOT guaranteed: the strength of the tests themselves (visible / guessable /
-attested checks above; weak tests stay weak); timing side channels; kernel bugs reachable
-through the allowed syscalls; only the stdlib of the host's Python is importable.
+attested checks above; weak tests stay weak; the inputs of every check are visible to
+the program, so tests whose inputs reveal other checks' answers leak them); timing side
+channels; kernel bugs reachable through the allowed syscalls; ptys (none exist); only
+the stdlib of the host's Python is importable.
+
+`self_check()` (for `scca doctor`) runs one probe program and one test and reports what
+ran, the hardening, and whether the network and new user namespaces were blocked.
 
 Modes (`sandbox_mode()`, probed once, logged; force with SCCA_SANDBOX_MODE):
   "bwrap"  the only mode with the guarantees above.
