@@ -85,6 +85,8 @@ def test_unittest_tests_both_ways():
 def test_score_limits_and_bad_input():
     r = C.score("p", {"tests": TESTS}, "x = '" + "a" * (C.MAX_CODE_CHARS + 1) + "'", LIM)
     assert r == {"reward": 0.0, "reason": "too_long"}
+    for bad in ("assert (", 7, [], [{"stdin": "1"}]):
+        assert C.score("p", {"tests": bad}, GOOD, LIM)["reason"].startswith("bad_tests")
     r = C.score("p", {"tests": TESTS}, "import time\ntime.sleep(30)\n",
                 sandbox.Limits(wall_s=1.5))
     assert r["reward"] == 0.0 and r["reason"] == "timeout" and r["wall_s"] < 3.0

@@ -81,6 +81,10 @@ def score(prompt: str, meta: dict, completion: str, limits: sandbox.Limits = LIM
         return {"reward": 0.0, "reason": "too_long"}
     rel_tol = float(meta.get("rel_tol", rel_tol))
     abs_tol = float(meta.get("abs_tol", abs_tol))
+    try:
+        plan_tests(meta.get("tests"))
+    except (SyntaxError, PlanError) as e:     # fault policy: the row's fault, reward 0, named
+        return {"reward": 0.0, "reason": f"bad_tests: {e}"[:200]}
     r = sandbox.run_tests(code, meta["tests"], limits, rel_tol=rel_tol, abs_tol=abs_tol,
                           accept_weak=accept_weak_sandbox)
     keep = ("reward", "reason", "mode", "hardening", "checks", "hidden_checks", "visible_checks",
