@@ -52,6 +52,7 @@ SANDBOX = Gauge(P + "sandbox_mode", "1 for the sandbox mode this verifier runs c
 
 RECV_POLL_S = 0.5
 CACHE_MAX = 100_000  # verdicts kept (oldest evicted first)
+UNCACHED = ("timeout", "worker_died", "worker_replaced")  # faults, not verdicts: score again next time
 
 
 class VerdictCache:
@@ -150,7 +151,7 @@ class Verifier:
             scored = await self.score(job, [job["completions"][i] for i in misses])
             for i, value in zip(misses, scored):
                 found[i] = value
-                if value[1].get("reason") != "timeout":
+                if value[1].get("reason") not in UNCACHED:
                     self.cache.put(keys[i], value)
         details = [{**d, "sandbox": self.mode} for _, d in found]
         await self.answer(job, [r for r, _ in found], details, version, t)
