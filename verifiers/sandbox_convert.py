@@ -16,8 +16,8 @@ environment of names whose values it could fold on the host (sandbox_plan.fold):
     through a runner that raises unless every test ran and passed (attested);
   * every other statement (imports, defs, classes, while, try, ...) runs in the sandbox
     as an `exec` setup step, with the folded names it reads bound first (which reveals
-    them: a hidden check whose expected value IS a revealed variable, or an item of one,
-    becomes visible), and
+    them: a hidden check whose expected value IS a revealed variable, an item of one, or
+    was taken (by assignment or loop) from data that was revealed becomes visible), and
     every assert inside it counts as attested.
 Steps that evaluate an expression bind the folded names they read as inputs; from then
 on those names live in the sandbox (a solution that mutates an input list is checked
@@ -166,6 +166,7 @@ class Converter:
         self.attested = 0
         self.const_fail = False
         self.macros: dict[str, ast.FunctionDef] = {}
+        self.origin: dict[str, set[str]] = {}     # folded name -> names its data came from
         self.depth = 0
 
     def run(self, code: str) -> Plan:
@@ -205,9 +206,11 @@ class Converter:
         if isinstance(s, ast.Assign) and len(s.targets) == 1:
             value = fold(s.value, self.env)
             bind(s.targets[0], value, self.env)
+            self._derive(s.targets[0], s.value)
             return True
         if isinstance(s, ast.AnnAssign) and s.value is not None and s.simple:
             bind(s.target, fold(s.value, self.env), self.env)
+            self._derive(s.target, s.value)
             return True
         if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
             expr = ast.BinOp(ast.Name(s.target.id, ast.Load()), s.op, s.value)
@@ -224,11 +227,20 @@ class Converter:
             trial = dict(self.env)
             for item in items:             # check every item binds before emitting anything
                 bind(s.target, item, trial)
+            self._derive(s.target, s.iter)
             for item in items:
                 bind(s.target, item, self.env)
                 self.block(s.body)
             return True
         return False
+
+    def _derive(self, target: ast.expr, source: ast.expr) -> None:
+        """Names bound from `source` carry its data: revealing a source reveals them."""
+        names = set()
+        for n in loaded_names(source):
+            names |= {n} | self.origin.get(n, set())
+        for t in stored_names(target):
+            self.origin[t] = names
 
     def inline(self, fn: ast.FunctionDef, args: list[ast.expr]) -> None:
         self.depth += 1
@@ -261,11 +273,14 @@ class Converter:
         first, and the sandbox owns them from then on (it may mutate or rebind them, as
         the tests' own namespace would), so later checks read them there."""
         i = len(self.steps)
-        root = expected_from
-        while isinstance(root, ast.Subscript):
-            root = root.value
-        if isinstance(root, ast.Name) and root.id in self.env:   # the expected value is a
-            self.expected_names[i] = {root.id}                     # variable's content
+        if expected_from is not None:       # revealing what the expected value is made of
+            root = expected_from            # (a variable it is, or data it came from)
+            while isinstance(root, ast.Subscript):
+                root = root.value
+            names = {root.id} if isinstance(root, ast.Name) else set()
+            for n in loaded_names(expected_from):
+                names |= self.origin.get(n, set())
+            self.expected_names[i] = names
         binds = self._binds(expr)
         self.steps.append({"eval": ast.unparse(expr), "bind": binds})
         self.revealed.update(binds)

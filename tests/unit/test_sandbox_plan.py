@@ -133,3 +133,11 @@ def test_unittest_classes_become_host_checks():
                   "    def test_a(self):\n        self.assertEqual(f(self.x), 2)\nunittest.main(exit=False)\n")
     assert kept.checks == {} and kept.attested == 1 and "wasSuccessful" in kept.steps[-1]["exec"]
     assert all("exit=False)" not in s.get("exec", "") or "__scca_run" in s["exec"] for s in kept.steps)
+
+
+def test_revealing_the_case_table_makes_its_answers_visible():
+    code = "cases = [(1, 10), (2, 20)]\nfor n, want in cases:\n    assert f(n) == want\n"
+    assert T.plan(code).counts()["hidden_checks"] == 2
+    leaked = T.plan(code + "print(len(cases))\n")
+    assert leaked.counts()["hidden_checks"] == 0 and leaked.counts()["visible_checks"] == 2
+    assert T.plan("for i in range(3):\n    assert sq(i) == i * i\n").counts()["hidden_checks"] == 3
