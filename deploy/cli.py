@@ -7,7 +7,8 @@
   scca actor CONFIG --connect tcp://HOST:PORT    one actor
   scca verifier CONFIG --connect tcp://HOST:PORT one verifier
   scca compare CONFIG --methods grpo,sc_kl --seeds N --out DIR   credit variants side by side
-  scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL
+  scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL (math: GSM8K-style)
+  scca make-model --arch qwen2 --out DIR         a small random model folder of a real architecture
   scca doctor                                    what this machine can run
 
 What it does not do: no remote launching (start services on other hosts with `scca actor`).
@@ -29,6 +30,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from protocol.config import ConfigError, RunConfig, load_config  # noqa: E402
+from protocol.dataset import DatasetError  # noqa: E402
+from verifiers.tasks.jsonl import JsonlError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
@@ -136,12 +139,54 @@ def cmd_verifier(args) -> int:
 
 
 def cmd_data(args) -> int:
+    """Procedural prompts as JSONL: arith / countdown rows in the generic prompt format;
+    math: GSM8K-style word problems {"question", "answer": "... #### x"} (the format a
+    downloaded GSM8K file has; `[task] name = "math"` reads it through the field mapping)."""
     from protocol.dataset import write_jsonl
-    from verifiers.scoring import _task
+    from verifiers.tasks import JSONL, PROCEDURAL
 
-    rows = _task(args.task).generate(args.seed, args.n, args.split)
+    if args.task == "math":
+        from verifiers.tasks import jsonl, wordproblems
+
+        rows = wordproblems.generate(args.seed, args.n, args.split)
+        jsonl.write_jsonl(rows, args.out)
+        print(f"wrote {len(rows)} GSM8K-style math rows to {args.out}")
+        return 0
+    if args.task not in PROCEDURAL:
+        raise ConfigError(f"scca data {args.task}: no generator; the {args.task!r} task reads your own JSONL "
+                          f"([task] train_file); generators: {', '.join(PROCEDURAL + ('math',))}"
+                          if args.task in JSONL else f"unknown task {args.task!r}")
+    from verifiers.tasks import TASKS
+
+    rows = TASKS[args.task].generate(args.seed, args.n, args.split)
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} {args.task} rows to {args.out}")
+    return 0
+
+
+def cmd_make_model(args) -> int:
+    """A small random model folder of a real architecture (learner/local_models.py), optionally
+    warm-started on a math JSONL (learner/warm_start.py) in the given prompt format."""
+    from learner.local_models import build_model_folder
+
+    out = Path(args.out)
+    corpus = None
+    rows = []
+    if args.warm_start:
+        from verifiers.tasks import math as math_task
+
+        rows = [(r["prompt"], r["meta"].get("solution", r["meta"]["answer"])) for r in math_task.load(args.warm_start)]
+        corpus = [p + "\n" + s for p, s in rows]
+    raw = out.with_name(out.name + ".random") if rows else out
+    build_model_folder(raw, args.arch, tied=not args.untied, dtype=args.dtype, seed=args.seed, corpus=corpus,
+                       hidden_size=args.hidden, layers=args.layers)
+    if rows:
+        from learner.warm_start import warm_start
+
+        info = warm_start(raw, out, rows, prompt_format=args.prompt_format, steps=args.steps, seed=args.seed)
+        shutil.rmtree(raw)
+        print(json.dumps(info, indent=2))
+    print(f"model folder: {out}")
     return 0
 
 
@@ -200,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="train", choices=["train", "heldout"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True)
+    mm = sub.add_parser("make-model", help="a small random Qwen2/Llama/Gemma/Phi/... folder, built locally")
+    mm.add_argument("--arch", default="qwen2", help="qwen2, qwen3, llama, mistral, gemma, gemma2, gemma3, phi, phi3, ...")
+    mm.add_argument("--out", required=True)
+    mm.add_argument("--untied", action="store_true", help="separate output embedding (default: tied, as Qwen2.5-0.5B)")
+    mm.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--hidden", type=int, default=64)
+    mm.add_argument("--layers", type=int, default=2)
+    mm.add_argument("--warm-start", metavar="JSONL", help="math JSONL (e.g. from `scca data math`) to train the "
+                    "tokenizer on and warm-start the model with")
+    mm.add_argument("--steps", type=int, default=200, help="warm-start steps")
+    mm.add_argument("--prompt-format", default="chat", choices=["raw", "chat"])
     sub.add_parser("doctor", help="what this machine can run")
     return p
 
@@ -207,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"bootstrap": cmd_bootstrap, "run": cmd_run, "learner": cmd_learner, "actor": cmd_actor,
-               "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor, "compare": cmd_compare}[args.cmd]
+               "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor, "compare": cmd_compare,
+               "make-model": cmd_make_model}[args.cmd]
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, DatasetError, JsonlError) as exc:  # bad input: one line naming the key or file:line
         print(f"scca: {exc}", file=sys.stderr)
         return 2
 

@@ -35,7 +35,8 @@ def check_row(row: object, where: str) -> dict:
     return row
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, lines: list[int] | None = None) -> list[dict]:
+    """Validated rows of a prompt file; `lines`, if given, receives each row's 1-based line number."""
     rows, seen = [], set()
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -51,6 +52,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise DatasetError(f"{where}: duplicate id {row['id']!r}")
             seen.add(row["id"])
             rows.append(row)
+            if lines is not None:
+                lines.append(n)
     if not rows:
         raise DatasetError(f"{path}: no rows")
     return rows
