@@ -148,7 +148,11 @@ def cmd_data(args) -> int:
     if args.task == "math":
         from verifiers.tasks import jsonl, wordproblems
 
-        rows = wordproblems.generate(args.seed, args.n, args.split)
+        try:
+            rows = wordproblems.generate(args.seed, args.n, args.split, max_number=args.max_number,
+                                         kinds=tuple(args.kinds.split(",")))
+        except ValueError as exc:
+            raise ConfigError(f"scca data math: {exc}") from None
         jsonl.write_jsonl(rows, args.out)
         print(f"wrote {len(rows)} GSM8K-style math rows to {args.out}")
         return 0
@@ -183,7 +187,8 @@ def cmd_make_model(args) -> int:
     if rows:
         from learner.warm_start import warm_start
 
-        info = warm_start(raw, out, rows, prompt_format=args.prompt_format, steps=args.steps, seed=args.seed)
+        info = warm_start(raw, out, rows, prompt_format=args.prompt_format, steps=args.steps, lr=args.lr,
+                          batch_size=args.batch_size, seed=args.seed)
         shutil.rmtree(raw)
         print(json.dumps(info, indent=2))
     print(f"model folder: {out}")
@@ -245,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="train", choices=["train", "heldout"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True)
+    d.add_argument("--max-number", type=int, default=20, help="math: largest number in a problem")
+    d.add_argument("--kinds", default="add,sub,mul,two_step", help="math: problem kinds (add, sub, mul, two_step)")
     mm = sub.add_parser("make-model", help="a small random Qwen2/Llama/Gemma/Phi/... folder, built locally")
     mm.add_argument("--arch", default="qwen2", help="qwen2, qwen3, llama, mistral, gemma, gemma2, gemma3, phi, phi3, ...")
     mm.add_argument("--out", required=True)
@@ -256,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--warm-start", metavar="JSONL", help="math JSONL (e.g. from `scca data math`) to train the "
                     "tokenizer on and warm-start the model with")
     mm.add_argument("--steps", type=int, default=200, help="warm-start steps")
+    mm.add_argument("--lr", type=float, default=2e-3, help="warm-start AdamW learning rate")
+    mm.add_argument("--batch-size", type=int, default=32, help="warm-start examples per step")
     mm.add_argument("--prompt-format", default="chat", choices=["raw", "chat"])
     sub.add_parser("doctor", help="what this machine can run")
     return p

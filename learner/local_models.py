@@ -40,6 +40,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3: up to 3 digits per piece
 VOCAB_MULTIPLE = 64  # the model's vocabulary is the tokenizer's rounded up to this
 HEAD_DIM = 32  # the smallest head size vLLM's CPU attention supports
+TEMPLATE_WORD_REPEATS = 200  # copies of the chat template's words added to the BPE corpus
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 CHATML = ("{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
@@ -129,7 +130,9 @@ def train_tokenizer(style: ChatStyle, corpus: Iterable[str], vocab_size: int, ma
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(list(corpus), trainer)
+    # the template's own words, so that turn markers are a few tokens (as in a real tokenizer)
+    template_words = [DEFAULT_SYSTEM + " system user assistant model\n\n"] * TEMPLATE_WORD_REPEATS
+    tok.train_from_iterator(list(corpus) + template_words, trainer)
     tok.add_special_tokens(list(style.specials))
     if style.bos:
         tok.post_processor = processors.TemplateProcessing(

@@ -66,6 +66,9 @@ def generate(seed: int, n: int, split: str, max_number: int = 20, kinds: tuple[s
     """n distinct GSM8K-style rows {"question", "answer"} of `split` ("train" or "heldout")."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"unknown problem kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
     rng = random.Random(f"wordproblems:{seed}:{split}")
     rows, seen = [], set()
     for _ in range(n * MAX_TRIES_PER_ROW):
