@@ -90,6 +90,7 @@ def cmd_bootstrap(args) -> int:
 
 def cmd_run(args) -> int:
     from deploy.launcher import run
+    from deploy.preflight import check_reward
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -97,6 +98,7 @@ def cmd_run(args) -> int:
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
         run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    check_reward(cfg)  # a broken plug-in path fails now, in one line, not after a bootstrap
     ensure_bootstrap(cfg)
     summary = run(cfg, run_dir, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
