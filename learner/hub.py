@@ -4,11 +4,11 @@ What it does:
 * registers peers (`hello` -> `welcome` with the current weights), tracks their credit
   (`work_request` slots) and liveness (any message is a heartbeat);
 * dispatches one prompt group per `work` message (text + the rendered token ids) to actors
-  with credit, at most
-  `prompts_per_step * (max_lag + 1)` groups in flight so staleness stays bounded;
+  with credit, at most `prompts_per_step * (max_lag + 1)` groups in flight so staleness
+  stays bounded;
 * forwards each `rollout_group` to a verifier as a `verify_job` (task = the plug-in reward
-  `[task] reward` when set, else the task name), acks it, and hands the
-  scored group to the trainer; every transition is written to the ledger first;
+  `[task] reward` when set, else the task name), acks it, and hands the scored group to
+  the trainer; every transition is written to the ledger first;
 * re-dispatches work whose lease ran out or whose peer went silent, and re-sends verify
   jobs likewise (ids are idempotent: a late duplicate is ignored);
 * checks each `weights_loaded` (digest + canary) against the learner's and quarantines a

@@ -1,10 +1,10 @@
 """The learner service: one process = hub (asyncio, main thread) + trainer (thread) (DESIGN §1).
 
 What it does, top to bottom: load the model (bootstrap or user folder, or the checkpoint
-when resuming; fp32 master weights, snapshots in the folder's dtype) -> load and render the
-prompts (learner/prompts.py; `prompt_format.json` records how) -> open the ledger -> serve /metrics -> bind the hub ->
-publish the starting weights -> start the trainer -> serve until the budget is spent or a
-stop is asked -> write `summary.json`. It writes `learner.json` (bound address, metrics
+when resuming; fp32 master weights, snapshots in the folder's dtype) -> load and render
+the prompts (learner/prompts.py; `prompt_format.json` records how) -> open the ledger ->
+serve /metrics -> bind the hub -> publish the starting weights -> start the trainer ->
+serve until the budget is spent or a stop is asked -> write `summary.json`. It writes `learner.json` (bound address, metrics
 port) once peers can connect.
 
 What it does not do: it starts no other process (the launcher or the user does) and it

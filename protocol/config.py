@@ -64,7 +64,7 @@ class TaskConfig(_Section):
         "", max_length=128, description="JSONL field holding the prompt; empty = the first of prompt, question, problem.")
     answer_field: str = Field(
         "", max_length=128,
-        description="JSONL field holding the answer (math); empty = the first of answer, solution. A '#### x' "
+        description="JSONL field holding the answer (math; code: the tests); empty = the first of answer, solution. A '#### x' "
         "line (GSM8K) or the last \\boxed{x} (MATH) in it is the gold answer; the whole text is kept as the solution.")
     reward: str = Field(
         "", max_length=256, pattern=r"^$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
