@@ -8,6 +8,7 @@
   scca verifier CONFIG --connect tcp://HOST:PORT one verifier
   scca compare CONFIG --methods grpo,sc_kl --seeds N --out DIR   credit variants side by side
   scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL (math: GSM8K-style)
+  scca data math --from gsm8k.jsonl --out FILE   convert your file into the learner's prompt file
   scca make-model --arch qwen2 --out DIR         a small random model folder of a real architecture
   scca doctor                                    what this machine can run
 
@@ -145,8 +146,17 @@ def cmd_data(args) -> int:
     math: GSM8K-style word problems {"question", "answer": "... #### x"} (the format a
     downloaded GSM8K file has; `[task] name = "math"` reads it through the field mapping)."""
     from protocol.dataset import write_jsonl
-    from verifiers.tasks import JSONL, PROCEDURAL
+    from verifiers.tasks import JSONL, PROCEDURAL, TASKS
 
+    if args.source:  # a user's file (GSM8K, MATH, ...) -> the generic prompt file `scca learner` reads
+        if args.task not in JSONL:
+            raise ConfigError(f"scca data --from: only the JSONL tasks ({', '.join(JSONL)}) read files")
+        rows, report = TASKS[args.task].load(args.source, prompt_field=args.prompt_field,
+                                             answer_field=args.answer_field, with_report=True)
+        write_jsonl(rows, args.out)
+        print(json.dumps(report.summary()))
+        print(f"wrote {len(rows)} {args.task} prompts to {args.out}")
+        return 0
     if args.task == "math":
         from verifiers.tasks import jsonl, wordproblems
 
@@ -162,8 +172,6 @@ def cmd_data(args) -> int:
         raise ConfigError(f"scca data {args.task}: no generator; the {args.task!r} task reads your own JSONL "
                           f"([task] train_file); generators: {', '.join(PROCEDURAL + ('math',))}"
                           if args.task in JSONL else f"unknown task {args.task!r}")
-    from verifiers.tasks import TASKS
-
     rows = TASKS[args.task].generate(args.seed, args.n, args.split)
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} {args.task} rows to {args.out}")
@@ -184,8 +192,11 @@ def cmd_make_model(args) -> int:
         rows = [(r["prompt"], r["meta"].get("solution", r["meta"]["answer"])) for r in math_task.load(args.warm_start)]
         corpus = [p + "\n" + s for p, s in rows]
     raw = out.with_name(out.name + ".random") if rows else out
-    build_model_folder(raw, args.arch, tied=not args.untied, dtype=args.dtype, seed=args.seed, corpus=corpus,
-                       hidden_size=args.hidden, layers=args.layers)
+    try:
+        build_model_folder(raw, args.arch, tied=not args.untied, dtype=args.dtype, seed=args.seed, corpus=corpus,
+                           hidden_size=args.hidden, layers=args.layers)
+    except ValueError as exc:  # unknown arch, a hidden size that is not a multiple of the head size
+        raise ConfigError(f"scca make-model: {exc}") from None
     if rows:
         from learner.warm_start import warm_start
 
@@ -248,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d = sub.add_parser("data", help="write procedural prompts as JSONL")
     d.add_argument("task")
-    d.add_argument("--n", type=int, required=True)
+    d.add_argument("--n", type=int, default=1000)
+    d.add_argument("--from", dest="source", metavar="FILE", help="math/code: convert your JSONL (GSM8K, MATH, "
+                   "prompt/answer; field mapping as [task]) into the prompt file `scca learner` reads")
+    d.add_argument("--prompt-field", default="")
+    d.add_argument("--answer-field", default="")
     d.add_argument("--split", default="train", choices=["train", "heldout"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True)

@@ -26,7 +26,9 @@ def check_row(row: object, where: str) -> dict:
         raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for key, typ in (("id", str), ("prompt", str), ("meta", dict)):
         if not isinstance(row.get(key), typ):
-            raise DatasetError(f"{where}: field {key!r} must be {typ.__name__}, got {type(row.get(key)).__name__}")
+            hint = (" (a task's own JSONL such as GSM8K? `scca run` converts it; for `scca learner` run "
+                    "`scca data TASK --from FILE --out PROMPTS.jsonl` first)") if "meta" not in row else ""
+            raise DatasetError(f"{where}: field {key!r} must be {typ.__name__}, got {type(row.get(key)).__name__}{hint}")
     extra = set(row) - {"id", "prompt", "meta"}
     if extra:
         raise DatasetError(f"{where}: unknown fields {sorted(extra)}")

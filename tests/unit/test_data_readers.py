@@ -116,3 +116,15 @@ def test_preflight_names_the_users_line_of_a_prompt_over_the_limit(tmp_path):
     cfg = parse_config({"task": {**task, "long_prompts": "drop"}, "model": {"folder": str(model)}})
     prepare_run(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "data" / "report.json").read_text())["train"]["dropped_too_long"] == 1
+
+
+def test_scca_data_from_converts_a_users_file_for_scca_learner(tmp_path):
+    from protocol.dataset import DatasetError, read_jsonl
+
+    gsm = _write(tmp_path / "gsm.jsonl", [{"question": "A?", "answer": "x\n#### 1"}, {"question": "A?", "answer": "#### 1"}])
+    with pytest.raises(DatasetError, match=r"gsm.jsonl:1: field 'id' must be str, got NoneType \(a task's own JSONL"):
+        read_jsonl(gsm)  # what `scca learner` says when given the user's file directly
+    out = tmp_path / "prompts.jsonl"
+    assert scca(["data", "math", "--from", str(gsm), "--out", str(out)]) == 0
+    [row] = read_jsonl(out)
+    assert row["prompt"] == "A?" and row["meta"] == {"answer": "1", "solution": "x\n#### 1"}

@@ -106,3 +106,19 @@ def test_a_prompt_over_the_limit_is_an_error_with_its_line_or_dropped_and_counte
     assert max_prompt_tokens(0, qwen, 48) == 464 and max_prompt_tokens(100, qwen, 48) == 100
     with pytest.raises(PromptFormatError, match=r"row 1: prompt is \d+ tokens in format 'raw', over the maximum 464"):
         encode_rows([{"prompt": "x " * 600}], PromptRenderer(tok, "raw"), 464, "error", lambda i: f"row {i + 1}")
+
+
+def test_the_teacher_pass_renders_in_the_runs_format(qwen):
+    """teacher_scores' plain log-probs equal the trainer's on the chat-rendered prompt ids."""
+    from learner.teacher import teacher_scores
+
+    tok = AutoTokenizer.from_pretrained(qwen)
+    model = AutoModelForCausalLM.from_pretrained(qwen, dtype=torch.float32).eval()
+    renderer = PromptRenderer(tok, "chat", folder=str(qwen))
+    completions = [tok("Tom has 7 apples.", add_special_tokens=False)["input_ids"]] * 2
+    out = teacher_scores(model, tok, QUESTIONS[:2], completions, ["#### 7", "#### 7"], encode=renderer.encode)
+    batch = build_batch([renderer.encode(q) for q in QUESTIONS[:2]], completions, pad_id(tok))
+    with torch.no_grad():
+        logp, mask, _ = token_logprobs(model, batch)
+    assert float(((out["logp_plain"] - logp).abs() * mask).max()) < 1e-5
+    assert float(out["kl"].abs().sum()) > 0  # the reference in context changes the conditioned pass
