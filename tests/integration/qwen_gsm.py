@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEMS = ["--kinds", "add,sub", "--max-number", "10"]
-TRAIN_ROWS, HELDOUT_ROWS = 3000, 100
+TRAIN_ROWS, HELDOUT_ROWS = 3000, 200
 WARM_START = ["--arch", "qwen2", "--hidden", "64", "--layers", "2", "--steps", "300", "--lr", "3e-3"]
 
 

@@ -1,7 +1,9 @@
-"""Plug-in rewards in a real run: `[task] reward = "arith_reward:exact_final"` (tests/plugins,
-on PYTHONPATH) scores the default model's `arith` rollouts in the verifier's workers and
-the model trains; a plug-in path that does not import stops `scca run` at once with one
-line naming it, before any process starts."""
+"""Plug-in rewards in a real run: `[task] reward = "arith_reward:brevity"` (tests/plugins, on
+PYTHONPATH; shorter answers score more) scores the default model's `arith` rollouts in the
+verifier's workers, and the model follows it: its completions get shorter and the
+plug-in's reward rises, in training and on the held-out prompts (evaluated by the same
+plug-in). A plug-in path that does not import stops `scca run` at once with one line
+naming it, before any process starts."""
 
 from __future__ import annotations
 
@@ -16,14 +18,17 @@ from conftest import ROOT, read_jsonl, scca, sets
 pytestmark = pytest.mark.integration
 
 PLUGINS = ROOT / "tests" / "plugins"
-SPEC = "arith_reward:exact_final"
-STEPS = 40
+SPEC = "arith_reward:brevity"  # dense: nearly every group carries signal, so steps are cheap
+STEPS = 12  # measured: training reward 0.44 -> 0.80 by step 10, ~1.0 (empty answers) by step 17
+MIN_RISE = 0.1  # plug-in reward, held-out after - before (calibration in the report)
 RUN_TIMEOUT_S = 1500
 
 
 def test_a_plugin_reward_trains_the_default_model(bootstrap_dir, tmp_path):
     run_dir = tmp_path / "run"
-    overrides = sets(learner={"max_steps": STEPS, "eval_every": 0, "lr": 3e-4, "checkpoint_every": 100},
+    overrides = sets(learner={"max_steps": STEPS, "eval_every": 0, "lr": 3e-4, "checkpoint_every": 100,
+                              "eval_samples": 4},  # held-out: mean plug-in reward of 4 samples per prompt
+                     loss={"drop_no_signal": False},  # a saturated reward must not stall collection
                      task={"train_size": 5000, "heldout_size": 100, "reward": SPEC},
                      model={"bootstrap_dir": str(bootstrap_dir)})
     proc = scca("run", "deploy/default.toml", "--out", str(run_dir), *overrides, log=tmp_path / "launcher.log",
@@ -39,10 +44,11 @@ def test_a_plugin_reward_trains_the_default_model(bootstrap_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["completed"] and summary["steps"] == STEPS and summary["weights_loaded_mismatched"] == 0
     rewards = [r["reward_mean"] for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
-    first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
-    print(f"\nplug-in reward {SPEC}: reward first 10 steps {first:.3f}, last 10 {last:.3f}; held-out "
-          f"{summary['heldout_accuracy_before']} -> {summary['heldout_accuracy_after']}")
-    assert last >= first + 0.03, f"reward did not rise: {first:.3f} -> {last:.3f}"
+    before, after = summary["heldout_accuracy_before"], summary["heldout_accuracy_after"]
+    print(f"\nplug-in reward {SPEC}: training reward first 5 steps {np.mean(rewards[:5]):.3f}, last 5 "
+          f"{np.mean(rewards[-5:]):.3f}; held-out {before:.3f} -> {after:.3f}")
+    assert after >= before + MIN_RISE, f"held-out plug-in reward {before:.3f} -> {after:.3f}"
+    assert np.mean(rewards[-5:]) > np.mean(rewards[:5])
 
 
 def test_a_broken_plugin_path_fails_at_start_in_one_line(tmp_path):
