@@ -3,7 +3,9 @@
 What it does, top to bottom: connect (DEALER) -> `hello` -> `welcome` carries the current
 weights -> load and verify them -> `weights_loaded` (digest + canary) -> `work_request`
 -> then one worker drains an ordered queue of `work` and `weights_published` messages:
-work is generated in a thread (the event loop keeps heartbeating) and answered with one
+work is generated in a thread (the event loop keeps heartbeating) from the prompt token ids
+the learner rendered (protocol/prompts.py; the text, encoded raw, where a work message has
+none) and answered with one
 `rollout_group` per prompt, stamped with the weights version and digest; a weights
 message reloads in place after checksum verification (several queued ones collapse to
 the newest). A learner silent for `peer_timeout_s` means reconnect and say hello again.
@@ -170,8 +172,9 @@ class Actor:
         s, n = batch[0]["sampling"], batch[0]["group_size"]
         todo = [(msg["work_id"], p) for msg in batch for p in msg["prompts"]]
         t = time.perf_counter()
+        prompts = [p["text"] if p.get("token_ids") is None else p["token_ids"].tolist() for _, p in todo]
         groups = await loop.run_in_executor(self.pool, lambda: self.engine.generate(
-            [p["text"] for _, p in todo], n, temperature=s["temperature"], top_p=s["top_p"],
+            prompts, n, temperature=s["temperature"], top_p=s["top_p"],
             max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size,
             hidden_k=batch[0]["hidden_k"]))
         seconds = time.perf_counter() - t

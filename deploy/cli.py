@@ -7,7 +7,9 @@
   scca actor CONFIG --connect tcp://HOST:PORT    one actor
   scca verifier CONFIG --connect tcp://HOST:PORT one verifier
   scca compare CONFIG --methods grpo,sc_kl --seeds N --out DIR   credit variants side by side
-  scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL
+  scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL (math: GSM8K-style)
+  scca data math --from gsm8k.jsonl --out FILE   convert your file into the learner's prompt file
+  scca make-model --arch qwen2 --out DIR         a small random model folder of a real architecture
   scca doctor                                    what this machine can run
 
 What it does not do: no remote launching (start services on other hosts with `scca actor`).
@@ -29,6 +31,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from protocol.config import ConfigError, RunConfig, load_config  # noqa: E402
+from protocol.dataset import DatasetError  # noqa: E402
+from verifiers.tasks.jsonl import JsonlError  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
@@ -87,6 +91,7 @@ def cmd_bootstrap(args) -> int:
 
 def cmd_run(args) -> int:
     from deploy.launcher import run
+    from deploy.preflight import check_reward
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -94,6 +99,7 @@ def cmd_run(args) -> int:
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
         run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    check_reward(cfg)  # a broken plug-in path fails now, in one line, not after a bootstrap
     ensure_bootstrap(cfg)
     summary = run(cfg, run_dir, resume=bool(args.resume))
     print(json.dumps(summary, indent=2))
@@ -136,12 +142,69 @@ def cmd_verifier(args) -> int:
 
 
 def cmd_data(args) -> int:
+    """Procedural prompts as JSONL: arith / countdown rows in the generic prompt format;
+    math: GSM8K-style word problems {"question", "answer": "... #### x"} (the format a
+    downloaded GSM8K file has; `[task] name = "math"` reads it through the field mapping)."""
     from protocol.dataset import write_jsonl
-    from verifiers.scoring import _task
+    from verifiers.tasks import JSONL, PROCEDURAL, TASKS
 
-    rows = _task(args.task).generate(args.seed, args.n, args.split)
+    if args.source:  # a user's file (GSM8K, MATH, ...) -> the generic prompt file `scca learner` reads
+        if args.task not in JSONL:
+            raise ConfigError(f"scca data --from: only the JSONL tasks ({', '.join(JSONL)}) read files")
+        rows, report = TASKS[args.task].load(args.source, prompt_field=args.prompt_field,
+                                             answer_field=args.answer_field, with_report=True)
+        write_jsonl(rows, args.out)
+        print(json.dumps(report.summary()))
+        print(f"wrote {len(rows)} {args.task} prompts to {args.out}")
+        return 0
+    if args.task == "math":
+        from verifiers.tasks import jsonl, wordproblems
+
+        try:
+            rows = wordproblems.generate(args.seed, args.n, args.split, max_number=args.max_number,
+                                         kinds=tuple(args.kinds.split(",")))
+        except ValueError as exc:
+            raise ConfigError(f"scca data math: {exc}") from None
+        jsonl.write_jsonl(rows, args.out)
+        print(f"wrote {len(rows)} GSM8K-style math rows to {args.out}")
+        return 0
+    if args.task not in PROCEDURAL:
+        raise ConfigError(f"scca data {args.task}: no generator; the {args.task!r} task reads your own JSONL "
+                          f"([task] train_file); generators: {', '.join(PROCEDURAL + ('math',))}"
+                          if args.task in JSONL else f"unknown task {args.task!r}")
+    rows = TASKS[args.task].generate(args.seed, args.n, args.split)
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} {args.task} rows to {args.out}")
+    return 0
+
+
+def cmd_make_model(args) -> int:
+    """A small random model folder of a real architecture (learner/local_models.py), optionally
+    warm-started on a math JSONL (learner/warm_start.py) in the given prompt format."""
+    from learner.local_models import build_model_folder
+
+    out = Path(args.out)
+    corpus = None
+    rows = []
+    if args.warm_start:
+        from verifiers.tasks import math as math_task
+
+        rows = [(r["prompt"], r["meta"].get("solution", r["meta"]["answer"])) for r in math_task.load(args.warm_start)]
+        corpus = [p + "\n" + s for p, s in rows]
+    raw = out.with_name(out.name + ".random") if rows else out
+    try:
+        build_model_folder(raw, args.arch, tied=not args.untied, dtype=args.dtype, seed=args.seed, corpus=corpus,
+                           hidden_size=args.hidden, layers=args.layers)
+    except ValueError as exc:  # unknown arch, a hidden size that is not a multiple of the head size
+        raise ConfigError(f"scca make-model: {exc}") from None
+    if rows:
+        from learner.warm_start import warm_start
+
+        info = warm_start(raw, out, rows, prompt_format=args.prompt_format, steps=args.steps, lr=args.lr,
+                          batch_size=args.batch_size, seed=args.seed)
+        shutil.rmtree(raw)
+        print(json.dumps(info, indent=2))
+    print(f"model folder: {out}")
     return 0
 
 
@@ -196,10 +259,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d = sub.add_parser("data", help="write procedural prompts as JSONL")
     d.add_argument("task")
-    d.add_argument("--n", type=int, required=True)
+    d.add_argument("--n", type=int, default=1000)
+    d.add_argument("--from", dest="source", metavar="FILE", help="math/code: convert your JSONL (GSM8K, MATH, "
+                   "prompt/answer; field mapping as [task]) into the prompt file `scca learner` reads")
+    d.add_argument("--prompt-field", default="")
+    d.add_argument("--answer-field", default="")
     d.add_argument("--split", default="train", choices=["train", "heldout"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True)
+    d.add_argument("--max-number", type=int, default=20, help="math: largest number in a problem")
+    d.add_argument("--kinds", default="add,sub,mul,two_step", help="math: problem kinds (add, sub, mul, two_step)")
+    mm = sub.add_parser("make-model", help="a small random Qwen2/Llama/Gemma/Phi/... folder, built locally")
+    mm.add_argument("--arch", default="qwen2", help="qwen2, qwen3, llama, mistral, gemma, gemma2, gemma3, phi, phi3, ...")
+    mm.add_argument("--out", required=True)
+    mm.add_argument("--untied", action="store_true", help="separate output embedding (default: tied, as Qwen2.5-0.5B)")
+    mm.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--hidden", type=int, default=64)
+    mm.add_argument("--layers", type=int, default=2)
+    mm.add_argument("--warm-start", metavar="JSONL", help="math JSONL (e.g. from `scca data math`) to train the "
+                    "tokenizer on and warm-start the model with")
+    mm.add_argument("--steps", type=int, default=200, help="warm-start steps")
+    mm.add_argument("--lr", type=float, default=2e-3, help="warm-start AdamW learning rate")
+    mm.add_argument("--batch-size", type=int, default=32, help="warm-start examples per step")
+    mm.add_argument("--prompt-format", default="chat", choices=["raw", "chat"])
     sub.add_parser("doctor", help="what this machine can run")
     return p
 
@@ -207,10 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"bootstrap": cmd_bootstrap, "run": cmd_run, "learner": cmd_learner, "actor": cmd_actor,
-               "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor, "compare": cmd_compare}[args.cmd]
+               "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor, "compare": cmd_compare,
+               "make-model": cmd_make_model}[args.cmd]
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, DatasetError, JsonlError) as exc:  # bad input: one line naming the key or file:line
         print(f"scca: {exc}", file=sys.stderr)
         return 2
 

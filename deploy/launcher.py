@@ -27,8 +27,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from deploy.preflight import check_prompts, check_reward
 from protocol.config import RunConfig
-from protocol.dataset import write_jsonl
+from protocol.dataset import read_jsonl, write_jsonl
 
 STOP_GRACE_S = 20.0  # seconds a child gets to exit after SIGTERM before SIGKILL
 READY_TIMEOUT_S = 300.0  # the learner must bind within this
@@ -41,21 +42,25 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def prompt_rows(cfg: RunConfig, split: str, given: str) -> list[dict]:
-    """Rows for the learner's generic prompt file (resolved_config decides when one is needed).
+def prompt_rows(cfg: RunConfig, split: str, given: str) -> tuple[list[dict], dict | None]:
+    """Rows for the learner's generic prompt file (resolved_config decides when one is needed),
+    and for a user's file what reading it found (verifiers/tasks/fields.py Report, with the
+    source line of each row under "lines").
 
     Procedural tasks (arith, countdown) generate rows when no file is given; JSONL tasks
-    (math, code) convert the user's `{"prompt","answer"}` / `{"prompt","tests"}` file."""
+    (math, code) convert the user's file through the field mapping of `[task]`."""
     from verifiers.tasks import JSONL, PROCEDURAL, TASKS  # deploy may import every package
 
     task = TASKS[cfg.task.name]
     if cfg.task.name in JSONL:
         if not given:
             raise ValueError(f"task {cfg.task.name!r} reads its prompts from [task] {split}_file; none given")
-        return task.load(given)
+        rows, report = task.load(given, prompt_field=cfg.task.prompt_field, answer_field=cfg.task.answer_field,
+                                 with_report=True)
+        return rows, {**report.summary(), "lines": report.lines}
     assert cfg.task.name in PROCEDURAL and not given
     n = cfg.task.train_size if split == "train" else cfg.task.heldout_size
-    return task.generate(cfg.task.seed, n, split)
+    return task.generate(cfg.task.seed, n, split), None
 
 
 def resolved_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
@@ -73,13 +78,37 @@ def resolved_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
 
 
 def prepare_run(cfg: RunConfig, run_dir: Path) -> RunConfig:
-    """Write the run's prompt files; return the config with absolute paths."""
+    """Write the run's prompt files after the preflight checks (deploy/preflight.py: plug-in
+    reward, prompt format and lengths, naming the user's file and line); return the config
+    with absolute paths. What reading users' files found goes to run_dir/data/report.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = resolved_config(cfg, run_dir)
+    check_reward(cfg)
+    splits, reports = {}, {}
     for split, given in (("train", cfg.task.train_file), ("heldout", cfg.task.heldout_file)):
         path = Path(getattr(resolved.task, f"{split}_file"))
         if path.parent == (run_dir / "data").resolve():  # generated or converted here, not used in place
-            write_jsonl(prompt_rows(cfg, split, given), path)
+            rows, report = prompt_rows(cfg, split, given)
+            lines = report.pop("lines") if report else list(range(1, len(rows) + 1))
+            source = report["path"] if report else str(path)
+            write_jsonl(rows, path)
+            if report:
+                reports[split] = report
+        else:
+            lines = []
+            rows, source = read_jsonl(path, lines), str(path)
+        splits[split] = (rows, lambda i, source=source, lines=lines: f"{source}:{lines[i]}")
+    for split, n in check_prompts(resolved, splits).items():
+        reports.setdefault(split, {})["dropped_too_long"] = n
+    if reports:
+        (run_dir / "data").mkdir(exist_ok=True)
+        (run_dir / "data" / "report.json").write_text(json.dumps(reports, indent=2))
+        for split, r in reports.items():
+            if r.get("duplicates_merged") or r.get("dropped_too_long"):
+                console.print(f"{split}: {r.get('rows', '?')} prompts from {r.get('path', '?')}; "
+                              f"{r.get('duplicates_merged', 0)} duplicate prompts merged "
+                              f"({r.get('duplicates_conflicting', 0)} with another answer: first kept); "
+                              f"{r.get('dropped_too_long', 0)} over the length limit dropped")
     (run_dir / "config.json").write_text(resolved.resolved_json())
     return resolved
 

@@ -28,6 +28,7 @@ from learner.logprobs import pad_right
 from learner.solution_bank import SolutionBank, pick_contexts, pick_wrong_contexts
 from learner.summaries import hidden_summaries
 from learner.teacher import teacher_scores
+from protocol.tokens import pad_id
 from protocol.summaries import HIDDEN_K
 
 TEACHER_METHODS = {"sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "shuffled"}
@@ -35,9 +36,11 @@ CORRECT = 1.0  # reward of a verified solution (banked, usable as a context)
 
 
 class CreditStep:
-    def __init__(self, cfg, model, tokenizer, seed: int):
+    def __init__(self, cfg, model, tokenizer, seed: int, encode=None):
         self.cfg = cfg  # CreditConfig
         self.model, self.tok = model, tokenizer
+        # prompt text -> token ids in the run's format (protocol/prompts.py); default raw
+        self.encode = encode or (lambda text: list(tokenizer(text)["input_ids"]))
         self.fn = REGISTRY[cfg.method]
         self.bank = SolutionBank()
         self.rng = random.Random(seed)
@@ -88,8 +91,8 @@ class CreditStep:
         have = [s.get("hidden") is not None and s["hidden"].shape[1] == HIDDEN_K for _, s in samples]
         missing = [i for i, ok in enumerate(have) if not ok]
         computed = dict(zip(missing, hidden_summaries(
-            self.model, [self.tok(samples[i][0].prompt)["input_ids"] for i in missing],
-            [completions[i] for i in missing], self.tok.pad_token_id,
+            self.model, [self.encode(samples[i][0].prompt) for i in missing],
+            [completions[i] for i in missing], pad_id(self.tok),
             micro_batch=self.cfg.teacher_micro_batch))) if missing else {}
         h = torch.zeros((len(samples), T, HIDDEN_K), dtype=torch.float32)  # [N, T, k]
         for i, (_, s) in enumerate(samples):
@@ -107,7 +110,7 @@ class CreditStep:
                 wrong += pick_wrong_contexts(texts, g.rewards, self.rng)
             prompts += [g.prompt] * len(texts)
         out = teacher_scores(self.model, self.tok, prompts, completions, contexts,
-                             wrong_contexts=wrong or None, template=self.cfg.template,
+                             wrong_contexts=wrong or None, template=self.cfg.template, encode=self.encode,
                              micro_batch=self.cfg.teacher_micro_batch)
         out = {k: v.cpu() for k, v in out.items()}  # credit runs on CPU tensors (the trainer moves w)
         fields = {"teacher_kl": out["kl"][:, :T], "teacher_logq": out["logq"][:, :T],

@@ -3,10 +3,12 @@
 What it does:
 * registers peers (`hello` -> `welcome` with the current weights), tracks their credit
   (`work_request` slots) and liveness (any message is a heartbeat);
-* dispatches one prompt group per `work` message to actors with credit, at most
-  `prompts_per_step * (max_lag + 1)` groups in flight so staleness stays bounded;
-* forwards each `rollout_group` to a verifier as a `verify_job`, acks it, and hands the
-  scored group to the trainer; every transition is written to the ledger first;
+* dispatches one prompt group per `work` message (text + the rendered token ids) to actors
+  with credit, at most `prompts_per_step * (max_lag + 1)` groups in flight so staleness
+  stays bounded;
+* forwards each `rollout_group` to a verifier as a `verify_job` (task = the plug-in reward
+  `[task] reward` when set, else the task name), acks it, and hands the scored group to
+  the trainer; every transition is written to the ledger first;
 * re-dispatches work whose lease ran out or whose peer went silent, and re-sends verify
   jobs likewise (ids are idempotent: a late duplicate is ignored);
 * checks each `weights_loaded` (digest + canary) against the learner's and quarantines a
@@ -67,6 +69,15 @@ class Group:
     samples: list[dict]
     rewards: list[float] | None = None
     details: list[dict] | None = None
+    prompt_ids: np.ndarray | None = None  # int32 [P]: the rendered prompt the actor generated from
+
+
+def _wire_prompt(row: dict) -> dict:
+    """A `work` prompt: id, text and the rendered token ids (learner/prompts.py), when the row has them."""
+    out = {"id": row["id"], "text": row["prompt"]}
+    if row.get("token_ids") is not None:
+        out["token_ids"] = row["token_ids"]
+    return out
 
 
 class Hub:
@@ -197,7 +208,8 @@ class Hub:
             M.DUPLICATES.inc()
             return
         row = self.rows[msg["prompt_id"]]
-        self.pending[item_id] = Group(item_id, row["id"], row["prompt"], msg["weights_version"], msg["samples"])
+        self.pending[item_id] = Group(item_id, row["id"], row["prompt"], msg["weights_version"], msg["samples"],
+                                      prompt_ids=row.get("token_ids"))
         self.verify_queue.append(item_id)
         M.observe_rollout(msg)
 
@@ -267,7 +279,7 @@ class Hub:
         while self.eval is not None and self.eval["chunks"] and self._actors():
             peer = self._actors()[0]
             chunk = self.eval["chunks"].popleft()
-            prompts = [{"id": r["id"], "text": r["prompt"]} for r in chunk]
+            prompts = [_wire_prompt(r) for r in chunk]
             await self.ep.send(peer.identity, "work", work_id=f"eval-{self.eval['version']}-{chunk[0]['id']}",
                                policy_version=self.version, prompts=prompts, group_size=k, sampling=eval_sampling,
                                eval=True)
@@ -281,7 +293,7 @@ class Hub:
                 self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
             row = self.rows[prompt_id]
             await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
-                               prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=a.group_size,
+                               prompts=[_wire_prompt(row)], group_size=a.group_size,
                                sampling=sampling, eval=False, hidden_k=hidden_k)
             peer.credit -= 1
         await self._pump_verifiers()
@@ -306,7 +318,7 @@ class Hub:
                 row = self.rows[group.prompt_id]
                 completions = [s["text"] for s in group.samples]
                 self.ledger.assign_verifier(job_id, peer.name, self.cfg.hub.verify_lease_s)
-            await self.ep.send(peer.identity, "verify_job", job_id=job_id, task=self.cfg.task.name,
+            await self.ep.send(peer.identity, "verify_job", job_id=job_id, task=self.cfg.task.reward or self.cfg.task.name,
                                prompt=row["prompt"], meta=row["meta"], completions=completions)
             peer.credit -= 1
 

@@ -7,7 +7,7 @@ What it does:
     `decode(ids, skip_special_tokens=True)` gives back the exact text (Fuse decoder, no
     spaces inserted, no clean-up of spaces).
   * `build_tiny_model(seed)` makes a ~2M-parameter `LlamaForCausalLM` with untied
-    embeddings (tied embeddings break vLLM's CPU weight reload, DESIGN §4).
+    embeddings (a choice of the tiny model; tied models train too, DESIGN §4).
   * `save_model_folder(...)` writes an HF folder (safetensors) that
     `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` load back.
 

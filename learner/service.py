@@ -1,9 +1,10 @@
 """The learner service: one process = hub (asyncio, main thread) + trainer (thread) (DESIGN §1).
 
-What it does, top to bottom: load prompts -> load the model (bootstrap folder, or the
-checkpoint when resuming) -> open the ledger -> serve /metrics -> bind the hub ->
-publish the starting weights -> start the trainer -> serve until the budget is spent or a
-stop is asked -> write `summary.json`. It writes `learner.json` (bound address, metrics
+What it does, top to bottom: load the model (bootstrap or user folder, or the checkpoint
+when resuming; fp32 master weights, snapshots in the folder's dtype) -> load and render
+the prompts (learner/prompts.py; `prompt_format.json` records how) -> open the ledger ->
+serve /metrics -> bind the hub -> publish the starting weights -> start the trainer ->
+serve until the budget is spent or a stop is asked -> write `summary.json`. It writes `learner.json` (bound address, metrics
 port) once peers can connect.
 
 What it does not do: it starts no other process (the launcher or the user does) and it
@@ -31,9 +32,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from learner.checkpoint import load_checkpoint
 from learner.hub import Hub
 from learner.ledger import Ledger
+from learner.prompts import format_record, load_prompts
 from learner.trainer import Trainer
-from protocol.dataset import read_jsonl
-from protocol.weights import WeightsError, canary_logprob, publish_snapshot, verify_snapshot
+from protocol.weights import (
+    WeightsError,
+    canary_logprob,
+    folder_dtype,
+    publish_snapshot,
+    saved_precision,
+    verify_snapshot,
+)
 
 log = logging.getLogger("scca.learner")
 
@@ -63,14 +71,19 @@ def load_policy(cfg, run_dir: Path, resume: bool):
     model.eval()
     lc = cfg.learner
     opt = torch.optim.AdamW(model.parameters(), lr=lc.lr, betas=tuple(lc.betas), weight_decay=lc.weight_decay)
-    state = {"step": 0, "version": 0, "samples_trained": 0, "heldout_before": None, "wall_before": 0.0}
+    state = {"step": 0, "version": 0, "samples_trained": 0, "heldout_before": None, "wall_before": 0.0,
+             "save_dtype": str(folder_dtype(folder)).removeprefix("torch.")}  # snapshots keep the folder's dtype
     if resume:
         state.update(load_checkpoint(folder, opt))
         state["wall_before"] = state.get("wall_seconds", state.get("wall_before", 0.0))
     return model, tok, opt, state
 
 
-def publish_start(run_dir: Path, version: int, model, tok, keep: int) -> dict:
+def snapshot_dtype(state: dict) -> torch.dtype:
+    return getattr(torch, state.get("save_dtype", "float32"))
+
+
+def publish_start(run_dir: Path, version: int, model, tok, keep: int, dtype: torch.dtype) -> dict:
     """Reuse an intact snapshot of this version (resume), else write one."""
     folder = run_dir / "weights" / f"v{version:06d}"
     if folder.exists():
@@ -81,7 +94,7 @@ def publish_start(run_dir: Path, version: int, model, tok, keep: int) -> dict:
         except WeightsError as exc:
             log.warning("snapshot %s unusable (%s): rewriting it", folder, exc)
             shutil.rmtree(folder)
-    return publish_snapshot(run_dir / "weights", version, model, tok, keep=keep)
+    return publish_snapshot(run_dir / "weights", version, model, tok, keep=keep, dtype=dtype)
 
 
 def write_summary(run_dir: Path, state: dict, hub: Hub) -> dict:
@@ -97,6 +110,7 @@ def write_summary(run_dir: Path, state: dict, hub: Hub) -> dict:
         "weights_loaded_ok": hub.digest_ok,
         "weights_loaded_mismatched": hub.digest_bad,
         "bad_messages": hub.ep.bad_messages,
+        "prompts_dropped_too_long": state.get("prompts_dropped_too_long"),
         "completed": state.get("heldout_after") is not None,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -109,8 +123,13 @@ def write_summary(run_dir: Path, state: dict, hub: Hub) -> dict:
 async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     torch.set_num_threads(cfg.learner.threads)
     torch.manual_seed(cfg.learner.seed)
-    train_rows, heldout_rows = read_jsonl(cfg.task.train_file), read_jsonl(cfg.task.heldout_file)
     model, tok, opt, state = load_policy(cfg, run_dir, resume)
+    source = run_dir / "checkpoint" if resume else model_folder(cfg)  # config + tokenizer + generation config
+    prompts = load_prompts(cfg, tok, source)
+    state["prompts_dropped_too_long"] = prompts.dropped
+    (run_dir / "prompt_format.json").write_text(
+        json.dumps(format_record(prompts, tok, source, state["save_dtype"]), indent=2))
+    train_rows, heldout_rows = prompts.train, prompts.heldout
     ledger = Ledger(run_dir / "ledger.sqlite")
     parked = []
     if resume:
@@ -122,10 +141,13 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     hub = Hub(cfg, ledger, train_rows, heldout_rows, inbox, run_id=ledger.get_meta("run_id") or uuid.uuid4().hex[:12])
     ledger.set_meta("run_id", hub.run_id)
     hub.retry.extend(parked)
-    info = publish_start(run_dir, state["version"], model, tok, cfg.learner.keep_snapshots)
-    await hub.publish(info, canary_logprob(model, tok))
+    dtype = snapshot_dtype(state)
+    info = publish_start(run_dir, state["version"], model, tok, cfg.learner.keep_snapshots, dtype)
+    with saved_precision(model, dtype):  # the values the snapshot holds
+        canary = canary_logprob(model, tok)
+    await hub.publish(info, canary)
     loop = asyncio.get_running_loop()
-    trainer = Trainer(cfg, model, tok, opt, hub, loop, run_dir, inbox, state)
+    trainer = Trainer(cfg, model, tok, opt, hub, loop, run_dir, inbox, state, prompts.renderer)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, trainer.stop_event.set)
     ready = {"address": hub.ep.address, "metrics_port": metrics_server.server_port, "pid": os.getpid(), "time": time.time()}

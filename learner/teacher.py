@@ -31,13 +31,14 @@ masked). Output layout is the trainer's: [B, T] left-aligned, T = longest comple
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from learner.bootstrap import REFERENCE_TEMPLATE
 from learner.logprobs import build_batch
+from protocol.tokens import pad_id
 
 DEFAULT_TEMPLATE = REFERENCE_TEMPLATE  # "Reference solution:\n{c}\n\n{prompt}", as in the SFT bootstrap
 VOCAB_CHUNK = 32_768  # vocabulary columns per chunk in token_kl
@@ -141,10 +142,13 @@ def teacher_scores(
     vocab_chunk: int = VOCAB_CHUNK,
     topk: int | None = None,
     topk_vocab_threshold: int = TOPK_VOCAB_THRESHOLD,
+    encode: Callable[[str], list[int]] | None = None,
 ) -> dict[str, Tensor]:
     """Teacher scores of B completions, each under its own context (module doc has the equations).
 
-    prompts[i] is the plain prompt text (encoded as the trainer does: tokenizer(text)),
+    prompts[i] is the plain prompt text, encoded as the trainer does: `encode(text)`, the
+    run's prompt format (protocol/prompts.py; default raw tokenizer(text)), which also
+    renders the conditioned prompt template.format(c=c, prompt=x),
     completions[i] the sampled token ids (incl. a final eos), contexts[i] the reference
     text c or None. Returns float32 tensors on the model's device:
         kl, logp_plain, logq   [B, T]   0 on padding and on rows without a context
@@ -174,8 +178,8 @@ def teacher_scores(
     if T == 0:
         return out
 
-    pad = next(x for x in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if x is not None)
-    enc = lambda text: list(tokenizer(text)["input_ids"])  # noqa: E731
+    pad = pad_id(tokenizer)
+    enc = encode or (lambda text: list(tokenizer(text)["input_ids"]))  # noqa: E731
     plain = [enc(p) for p in prompts]
     cond = {sfx: [enc(template.format(c=c, prompt=p)) if c is not None else None for c, p in zip(ctxs, prompts)]
             for sfx, ctxs in passes.items()}

@@ -3,7 +3,8 @@
 What it does, once per step, each phase a named, timed call:
   collect (prompts_per_step scored groups from the hub) -> drop_stale (lag > max_lag)
   -> forward_backward (advantages, credit weights, token-mean loss over micro-batches)
-  -> optimizer step -> publish (safetensors snapshot, digest + canary to the hub)
+  -> optimizer step -> publish (safetensors snapshot in the start folder's dtype, digest +
+  canary of those rounded values to the hub)
   -> evaluate (every `eval_every` versions, through the actors) -> checkpoint -> log.
 One optimiser step per batch, so π_prox (the policy at the start of the update) equals
 π_θ before the step: `logp_prox = logp.detach()` is that same forward pass, not a second.
@@ -32,7 +33,8 @@ from learner.credit import token_advantages
 from learner.credit_step import CreditStep
 from learner.logprobs import build_batch, pad_right, token_logprobs
 from learner.loss import group_advantages, lag_ok, policy_loss
-from protocol.weights import canary_logprob, publish_snapshot
+from protocol.tokens import pad_id
+from protocol.weights import canary_logprob, publish_snapshot, save_model, saved_precision
 
 log = logging.getLogger("scca.trainer")
 
@@ -44,15 +46,19 @@ class Stopped(Exception):
 
 
 class Trainer(threading.Thread):
-    def __init__(self, cfg, model, tokenizer, optimizer, hub, loop, run_dir: Path, inbox: queue.Queue, state: dict):
+    def __init__(self, cfg, model, tokenizer, optimizer, hub, loop, run_dir: Path, inbox: queue.Queue, state: dict,
+                 renderer):
         super().__init__(name="trainer", daemon=True)
         self.cfg, self.model, self.tok, self.opt = cfg, model, tokenizer, optimizer
+        self.renderer = renderer  # protocol.prompts.PromptRenderer: the run's prompt format
+        self.pad_id = pad_id(tokenizer)
+        self.dtype = getattr(torch, state.get("save_dtype", "float32"))  # of snapshots and final_model
         self.hub, self.loop, self.run_dir, self.inbox = hub, loop, Path(run_dir), inbox
         self.state = state  # step, version, samples_trained, heldout_before, wall_before
         self.stop_event = threading.Event()
         self.done = asyncio.Event()
         self.error: BaseException | None = None
-        self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed)
+        self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed, encode=renderer.encode)
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
 
     # --- thread body -------------------------------------------------------------
@@ -95,7 +101,7 @@ class Trainer(threading.Thread):
                           "heldout_accuracy": self.state["heldout_after"]})
         self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.perf_counter() - t_start
         save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
-        self.model.save_pretrained(self.run_dir / "final_model")
+        save_model(self.model, self.run_dir / "final_model", self.dtype)
         self.tok.save_pretrained(self.run_dir / "final_model")
 
     def budget_spent(self) -> bool:
@@ -188,7 +194,7 @@ class Trainer(threading.Thread):
         lc, loss_cfg = self.cfg.learner, self.cfg.loss
         prompt_ids, completions, behav, adv = [], [], [], []
         for g in groups:
-            ids = self.tok(g.prompt)["input_ids"]
+            ids = list(g.prompt_ids) if g.prompt_ids is not None else self.renderer.encode(g.prompt)
             a = group_advantages(torch.tensor(g.rewards, dtype=torch.float32), std_normalize=loss_cfg.std_normalize)
             for s, a_i in zip(g.samples, a.tolist()):
                 prompt_ids.append(ids)
@@ -207,7 +213,7 @@ class Trainer(threading.Thread):
         loss_total = 0.0
         for lo in range(0, len(completions), lc.micro_batch):
             hi = lo + lc.micro_batch
-            batch = build_batch(prompt_ids[lo:hi], completions[lo:hi], self.tok.pad_token_id)
+            batch = build_batch(prompt_ids[lo:hi], completions[lo:hi], self.pad_id)
             with autocast:  # bf16 matmuls on CUDA; token_logprobs' log_softmax stays fp32
                 logp, mask, _ = token_logprobs(self.model, batch)  # [b,T], [b,T]
             T = logp.shape[1]
@@ -229,8 +235,9 @@ class Trainer(threading.Thread):
 
     def publish(self) -> None:
         info = publish_snapshot(self.run_dir / "weights", self.state["version"], self.model, self.tok,
-                                keep=self.cfg.learner.keep_snapshots)
-        canary = canary_logprob(self.model, self.tok)
+                                keep=self.cfg.learner.keep_snapshots, dtype=self.dtype)
+        with saved_precision(self.model, self.dtype):  # the values actors load
+            canary = canary_logprob(self.model, self.tok)
         self.call_hub(self.hub.publish(info, canary))
 
     def evaluate(self) -> float:

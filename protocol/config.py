@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -50,6 +50,32 @@ class TaskConfig(_Section):
         "`rel_tol` overrides it; every verdict records the tolerance it used.",
     )
     abs_tol: float = Field(0.0, ge=0, le=1.0, description="Absolute tolerance of those comparisons (with rel_tol).")
+    prompt_format: Literal["raw", "chat"] = Field(
+        "raw", description="How a prompt becomes token ids (protocol/prompts.py): raw = the text as is; chat = the "
+        "tokenizer's chat template with the generation prompt (an instruct model needs it).")
+    system_prompt: str = Field("", max_length=8192, description="System turn of the chat format (empty: the template's default).")
+    max_prompt_tokens: int = Field(
+        0, ge=0, le=1_000_000,
+        description="Longest prompt in tokens after formatting; 0 = the model's context minus actor.max_new_tokens.")
+    long_prompts: Literal["error", "drop"] = Field(
+        "error", description="A prompt over max_prompt_tokens: error (names the file and line) or drop and count it; "
+        "never truncated.")
+    prompt_field: str = Field(
+        "", max_length=128, description="JSONL field holding the prompt; empty = the first of prompt, question, problem.")
+    answer_field: str = Field(
+        "", max_length=128,
+        description="JSONL field holding the answer (math; code: the tests); empty = the first of answer, solution. A '#### x' "
+        "line (GSM8K) or the last \\boxed{x} (MATH) in it is the gold answer; the whole text is kept as the solution.")
+    reward: str = Field(
+        "", max_length=256, pattern=r"^$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="Plug-in reward 'package.module:function', called as function(prompt, completion, meta) -> float "
+        "| dict with 'reward' in the verifier's workers (same timeout, cache, stamping); empty = the task's scorer.")
+
+    @model_validator(mode="after")
+    def _system_prompt_needs_chat(self):
+        if self.system_prompt and self.prompt_format != "chat":
+            raise ValueError("system_prompt needs prompt_format = 'chat'")
+        return self
 
 
 class LearnerConfig(_Section):
@@ -127,6 +153,9 @@ class ActorConfig(_Section):
     threads: int = Field(1, ge=1, le=256, description="torch threads per actor process.")
     batch_size: int = Field(64, ge=1, le=4096, description="Rows per generate() call.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Actor engine device (hf: cpu/cuda; vllm: auto).")
+    stop: list[str] = Field(
+        [], max_length=16, description="Stop strings: a completion also ends after the token that completes one "
+        "(kept in the completion). Every eos id of the tokenizer and generation_config.json always stops.")
     weights_dir: str = Field(
         "",
         description="Empty: read snapshots from the learner's folder (shared filesystem). "

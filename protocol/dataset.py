@@ -26,7 +26,9 @@ def check_row(row: object, where: str) -> dict:
         raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}")
     for key, typ in (("id", str), ("prompt", str), ("meta", dict)):
         if not isinstance(row.get(key), typ):
-            raise DatasetError(f"{where}: field {key!r} must be {typ.__name__}, got {type(row.get(key)).__name__}")
+            hint = (" (a task's own JSONL such as GSM8K? `scca run` converts it; for `scca learner` run "
+                    "`scca data TASK --from FILE --out PROMPTS.jsonl` first)") if "meta" not in row else ""
+            raise DatasetError(f"{where}: field {key!r} must be {typ.__name__}, got {type(row.get(key)).__name__}{hint}")
     extra = set(row) - {"id", "prompt", "meta"}
     if extra:
         raise DatasetError(f"{where}: unknown fields {sorted(extra)}")
@@ -35,7 +37,8 @@ def check_row(row: object, where: str) -> dict:
     return row
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, lines: list[int] | None = None) -> list[dict]:
+    """Validated rows of a prompt file; `lines`, if given, receives each row's 1-based line number."""
     rows, seen = [], set()
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -51,6 +54,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise DatasetError(f"{where}: duplicate id {row['id']!r}")
             seen.add(row["id"])
             rows.append(row)
+            if lines is not None:
+                lines.append(n)
     if not rows:
         raise DatasetError(f"{path}: no rows")
     return rows

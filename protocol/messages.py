@@ -33,6 +33,7 @@ MAX_GROUP = 256  # samples per group / completions per verify job
 MAX_PROMPTS = 1024  # prompts per work item, also slots per work_request
 MAX_WEIGHTS_CHUNK = 8 * 1024 * 1024  # bytes of one weights_chunk
 MAX_PROMPT_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt text
+MAX_PROMPT_TOKENS = 1 << 17  # token ids of one rendered prompt
 MAX_IDS = 1 << 16  # ids in one ack
 MAX_HIDDEN_K = 1024  # projected hidden-state width k a work message may ask for
 LOGPROB_TOL = 1e-4  # logprobs may exceed 0 by this much (float rounding)
@@ -292,6 +293,14 @@ def _check_sample(s: dict, path: str) -> None:
             raise ProtocolError("bad_array", f"{path}.{name}: expected finite values, got non-finite")
 
 
+def _check_prompt(p: dict, path: str) -> None:
+    ids = p["token_ids"]
+    if ids is not None and not 1 <= ids.shape[0] <= MAX_PROMPT_TOKENS:
+        raise ProtocolError("bad_array", f"{path}.token_ids: expected 1..{MAX_PROMPT_TOKENS} ids, got {ids.shape[0]}")
+    if ids is not None and int(ids.min()) < 0:
+        raise ProtocolError("bad_array", f"{path}.token_ids: expected ids >= 0, got min {int(ids.min())}")
+
+
 def _check_verdicts(m: dict, path: str) -> None:
     if len(m["details"]) != len(m["rewards"]):
         raise ProtocolError("bad_field", f"{path}.details: expected {len(m['rewards'])} items "
@@ -325,7 +334,9 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "work_request": {"slots": Int(1, MAX_PROMPTS)},
     "work": {
         "work_id": Str(), "policy_version": Int(0),
-        "prompts": ListOf(Struct({"id": Str(), "text": Str(max_bytes=MAX_PROMPT_TEXT_BYTES)}), 1, MAX_PROMPTS),
+        # token_ids: the prompt as the learner rendered it (protocol/prompts.py); actors generate from exactly these
+        "prompts": ListOf(Struct({"id": Str(), "text": Str(max_bytes=MAX_PROMPT_TEXT_BYTES),
+                                  "token_ids": Opt(Arr(("int32",), 1))}, post=_check_prompt), 1, MAX_PROMPTS),
         "group_size": Int(1, MAX_GROUP),
         "sampling": Struct({"temperature": Float(0.0), "top_p": Float(0.0, 1.0, lo_open=True),
                             "max_new_tokens": Int(1, MAX_TOKENS)}),

@@ -7,6 +7,21 @@ and an empty `READY` marker. It is written to `root/.tmp-v{version:06d}-<random>
 file fsynced, the folder renamed into place, and `READY` written (and fsynced) last, so a
 folder without `READY` is never a snapshot. Only the last `keep` READY versions are kept.
 
+Canonical tensors: the parameter digest is taken over one canonical set on every side. A
+live model's `state_dict()` names a tensor shared by several modules (tied input/output
+embeddings) once per name; `canonical_tensors` keeps it once, under its first name in
+`state_dict()` order (the base model's input embedding, registered before the output
+head), which is the one name `save_pretrained` writes. A file never holds aliases. So a
+tied model and its snapshot agree, untied models are unchanged, and a real difference in
+any value is still caught.
+
+Dtypes: a snapshot keeps the dtype of the folder the run started from (`dtype` of
+`publish_snapshot`: bf16 in, bf16 out) while the learner trains fp32 master weights. The
+digest covers values, not storage: floating tensors are hashed as float32, so a bf16
+snapshot and an actor that holds those same values in float32 agree. `saved_precision`
+rounds the live model to the snapshot's dtype for the duration of a block, so the
+learner's canary is computed on exactly the values actors load.
+
 What this module does NOT do: move files between hosts (actors without a shared
 filesystem fetch them over the wire elsewhere), decide what to do on a mismatch (the
 caller's fault policy), or load weights into a model (engines do; they call
@@ -21,11 +36,13 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 FORMAT = 1
@@ -55,36 +72,133 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def param_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 hex digest of a set of named tensors, independent of order and device.
+def canonical_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """{name: tensor} with every tensor shared by several names kept once, under its first name.
 
-    Tensors are visited in sorted name order; each contributes
-        b"{name}\\0{dtype}\\0{shape as comma list}\\0{n_bytes}\\0" + data
-    where `dtype` is the tensor's own dtype string (e.g. "torch.bfloat16") and `data` is
-    the tensor as contiguous **float32 little-endian** bytes for floating dtypes (bf16 and
-    fp16 convert to fp32 exactly), or its own dtype's little-endian bytes otherwise.
-    Models that hold the same values in different dtypes therefore get different digests.
-
-    Use `model.state_dict().items()` (parameters + persistent buffers): for an untied HF
-    model this is exactly the tensor set of its `model.safetensors`.
+    Shared = the same storage, offset, shape, stride and dtype (tied embeddings are one
+    Parameter registered twice). Iterate `model.state_dict().items()` (registration order),
+    so the kept name is the one `save_pretrained` writes.
     """
-    items = sorted(((name, t) for name, t in named_tensors), key=lambda x: x[0])
-    names = [n for n, _ in items]
-    if len(set(names)) != len(names):
-        raise ValueError("param_digest: duplicate tensor names")
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple] = set()
+    for name, t in named_tensors:
+        if name in out:
+            raise ValueError(f"canonical_tensors: duplicate tensor name {name}")
+        key = None
+        if t.numel() > 0 and t.device.type != "meta":
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+            if key in seen:
+                continue
+            seen.add(key)
+        out[name] = t
+    return out
+
+
+def param_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 hex digest of the canonical set of named tensors, independent of order, device
+    and floating storage dtype.
+
+    Shared tensors count once (`canonical_tensors`). Tensors are visited in sorted name
+    order; each contributes
+        b"{name}\\0{kind}\\0{shape as comma list}\\0{n_bytes}\\0" + data
+    where for floating tensors kind = "float" and data = the values as contiguous float32
+    little-endian bytes (bf16 and fp16 convert to fp32 exactly), and otherwise kind = the
+    tensor's dtype string and data = its own dtype's little-endian bytes. So the digest
+    names the values: a bf16 file and a float32 model holding the same values agree, any
+    changed value, shape or name disagrees.
+
+    Use `model.state_dict().items()` (parameters + persistent buffers) on a live model, or
+    the tensors of a snapshot's safetensors files.
+    """
+    items = sorted(canonical_tensors(named_tensors).items(), key=lambda x: x[0])
     h = hashlib.sha256()
     for name, t in items:
         t = t.detach().to("cpu")
         if t.is_floating_point():
+            kind = "float"
             arr = t.to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
         else:
+            kind = str(t.dtype)
             arr = t.contiguous().numpy()
             arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
         data = np.ascontiguousarray(arr).tobytes()
         shape = ",".join(str(s) for s in t.shape)
-        h.update(f"{name}\0{t.dtype}\0{shape}\0{len(data)}\0".encode())
+        h.update(f"{name}\0{kind}\0{shape}\0{len(data)}\0".encode())
         h.update(data)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def folder_dtype(folder: Path) -> torch.dtype:
+    """The floating dtype holding most parameters in the folder's safetensors files (headers
+    only); a folder without them: config.json's `dtype` / `torch_dtype`; else float32."""
+    counts: dict[torch.dtype, int] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                sl = f.get_slice(name)
+                dt = _DTYPES.get(sl.get_dtype())
+                if dt is not None:
+                    counts[dt] = counts.get(dt, 0) + int(np.prod(sl.get_shape()))
+    if counts:
+        return max(counts, key=counts.get)
+    cfg_path = Path(folder) / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        name = cfg.get("dtype") or cfg.get("torch_dtype")
+        if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+    return torch.float32
+
+
+def cast_state(model, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """model.state_dict() with floating tensors cast to dtype; shared tensors stay shared."""
+    memo: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if key not in memo:
+            memo[key] = t.detach().to(dtype) if t.is_floating_point() else t.detach()
+        out[name] = memo[key]
+    return out
+
+
+def save_model(model, folder: Path, dtype: torch.dtype | None = None) -> None:
+    """model.save_pretrained (safetensors) in `dtype` (None: as held); config.json names that dtype."""
+    if dtype is None:
+        model.save_pretrained(folder, safe_serialization=True)
+        return
+    model.save_pretrained(folder, safe_serialization=True, state_dict=cast_state(model, dtype))
+    cfg_path = Path(folder) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
+    for k in keys:
+        cfg[k] = str(dtype).removeprefix("torch.")
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def saved_precision(model, dtype: torch.dtype | None) -> Iterator[None]:
+    """Inside the block the model's floating tensors hold their values rounded to `dtype`
+    (what a snapshot in that dtype stores); the exact values come back afterwards.
+    No-op for None or a dtype the tensors already have. Costs one copy of the rounded tensors."""
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if dtype is not None:
+        with torch.no_grad():
+            for t in canonical_tensors(model.state_dict().items()).values():
+                if t.is_floating_point() and t.dtype != dtype:
+                    saved.append((t, t.clone()))
+                    t.copy_(t.to(dtype).to(t.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, orig in saved:
+                t.copy_(orig)
 
 
 # ----------------------------------------------------------------------------- publish
@@ -123,8 +237,10 @@ def _weight_files(folder: Path, files: Iterable[str]) -> list[Path]:
     return [folder / f for f in sorted(files) if f.endswith(".safetensors")]
 
 
-def publish_snapshot(root: Path, version: int, model, tokenizer, keep: int = 3) -> dict:
-    """Write snapshot `version` of `model` + `tokenizer` under `root` atomically.
+def publish_snapshot(root: Path, version: int, model, tokenizer, keep: int = 3,
+                     dtype: torch.dtype | None = None) -> dict:
+    """Write snapshot `version` of `model` + `tokenizer` under `root` atomically, its
+    floating tensors in `dtype` (None: as the model holds them).
 
     Returns {"version", "folder" (absolute str), "manifest_sha256", "digest"}, the fields
     of a `weights_published` message plus the parameter digest. An existing folder of the
@@ -138,7 +254,7 @@ def publish_snapshot(root: Path, version: int, model, tokenizer, keep: int = 3) 
     tmp = root / f".tmp-v{version:06d}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        save_model(model, tmp, dtype)
         tokenizer.save_pretrained(tmp)
         rel = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         weights = _weight_files(tmp, rel)

@@ -1,7 +1,8 @@
 """Scorer-worker side of the verifier: look up a task by name and score completions.
 
 What it does: `score_many` runs in a worker process's main thread (tasks such as `math`
-rely on `signal.alarm`), scores each completion with the task's `score`, and returns
+rely on `signal.alarm`), scores each completion with the task's `score` (a task name
+holding ":" is a plug-in reward, verifiers/plugin.py), and returns
 rewards, per-sample details (JSON-safe scalars only) and the task's version string.
 
 `settings` (from the run's config, see `settings_from_config`) reach a task's `score` as
@@ -13,6 +14,7 @@ caching, no sandboxing (tasks that execute code use `verifiers.sandbox`).
 
 from __future__ import annotations
 
+from verifiers import plugin
 from verifiers.tasks import TASKS
 
 TASK_NAMES = tuple(TASKS)
@@ -20,6 +22,8 @@ DETAIL_STR_CAP = 500  # detail strings are cut to this many characters
 
 
 def _task(name: str):
+    if plugin.is_plugin(name):  # "package.module:function": a plug-in reward (verifiers/plugin.py)
+        return plugin.task(name)
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
     return TASKS[name]

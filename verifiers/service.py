@@ -102,6 +102,8 @@ class Verifier:
             self.mode = f"{self.mode}/{require_sandbox(cfg.verifier.accept_weak_sandbox)}"
         SANDBOX.labels(self.mode).set(1)
         log.info("sandbox mode: %s", self.mode)
+        if cfg.task.reward:  # fail at start, in one line, if the plug-in cannot be imported
+            log.info("plug-in reward %s", task_version(cfg.task.reward))
 
     async def run(self) -> None:
         self.ep.start_heartbeats()

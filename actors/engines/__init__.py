@@ -2,7 +2,8 @@
 
 `make_engine` builds one from the actor config section; the vLLM module is imported only
 when asked for, so an install without vllm runs the HF engine. Both engines share one
-interface: `generate(prompts, n, *, temperature, top_p, max_new_tokens, batch_size)`,
+interface: `generate(prompts, n, *, temperature, top_p, max_new_tokens, batch_size)` (prompts
+as token ids, or texts encoded raw),
 `load_weights(folder, manifest_sha256)`, `digest()`, `canary()`, `version`.
 
 What this does NOT do: fall back from vllm to hf when vllm is missing (that would train a
@@ -25,17 +26,18 @@ def engine_seed(name: str) -> int:
 def make_engine(cfg, folder: Path, name: str):
     """Engine named by `cfg.engine` (an `ActorConfig`), loaded from a model folder.
 
-    threads = cfg.threads, seed = engine_seed(name), device = cfg.device where the config
-    has that field (default: hf on "cpu", vllm on "auto" = CUDA when available).
+    threads = cfg.threads, seed = engine_seed(name), stop = cfg.stop (stop strings), device =
+    cfg.device where the config has that field (default: hf on "cpu", vllm on "auto" = CUDA when available).
     Raises ValueError for an unknown name.
     """
     device = getattr(cfg, "device", None)
+    stop = tuple(getattr(cfg, "stop", ()))
     if cfg.engine == "hf":
         from actors.engines.hf import HFEngine
 
-        return HFEngine(folder, threads=cfg.threads, seed=engine_seed(name), device=device or "cpu")
+        return HFEngine(folder, threads=cfg.threads, seed=engine_seed(name), device=device or "cpu", stop=stop)
     if cfg.engine == "vllm":
         from actors.engines.vllm import VLLMEngine
 
-        return VLLMEngine(folder, threads=cfg.threads, seed=engine_seed(name), device=device or "auto")
+        return VLLMEngine(folder, threads=cfg.threads, seed=engine_seed(name), device=device or "auto", stop=stop)
     raise ValueError(f"unknown engine {cfg.engine!r}; expected one of {ENGINES}")

@@ -10,9 +10,17 @@ of μ at each step. μ is exactly the distribution the token was drawn from:
     greedy (temperature 0): μ_t = softmax(z_t), the argmax token is taken
 
 It is read from the processed scores `generate` sampled from (`output_scores`), with a
-GenerationConfig built here from scratch so that nothing in the model folder's
-generation_config.json (top_k, repetition penalty, ...) changes the distribution. With
-top_p = 1 this equals log_softmax(z_t / T), which a teacher-forced pass reproduces.
+GenerationConfig built here from scratch, and the model's own generation config blanked,
+so that nothing in the folder's generation_config.json (top_k, repetition penalty, ...)
+changes the distribution. With top_p = 1 this equals log_softmax(z_t / T), which a
+teacher-forced pass reproduces.
+
+Prompts are token ids (the learner renders them, protocol/prompts.py; a plain string is
+encoded raw), left-padded with the shared padding rule (protocol/tokens.py). Generation
+stops at every eos id of the tokenizer and the folder's generation/model configs, and at
+the optional stop strings; `completion_length` cuts each row where it stopped. The model
+runs in float32 whatever the folder's dtype (bf16 values convert exactly), so its canary
+matches the learner's.
 
 Weights are swapped in place from verified safetensors snapshots (`protocol.weights`).
 
@@ -32,17 +40,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from protocol.summaries import project, projection
+from protocol.tokens import check_stop_strings, completion_length, eos_ids, pad_id
 from protocol.weights import (
     MANIFEST,
     WeightsError,
     canary_logprob,
+    canonical_tensors,
     load_verified,
     param_digest,
     verify_snapshot,
 )
+
+Prompt = str | list[int]  # token ids as the learner rendered them, or a text encoded raw
 
 
 @dataclass
@@ -70,10 +82,23 @@ def behaviour_stats(scores: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.T
     return chosen, entropy
 
 
+class _StopStrings(StoppingCriteria):
+    """Done per row once its generated tail contains a stop string (protocol.tokens rule)."""
+
+    def __init__(self, prompt_len: int, stop: tuple[str, ...], decode):
+        self.prompt_len, self.stop, self.decode = prompt_len, stop, decode
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        tails = input_ids[:, self.prompt_len:].tolist()
+        done = [any(s in self.decode(t) for s in self.stop) for t in tails]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 class HFEngine:
     """One HF causal LM held in memory; generate, swap weights, report digest and canary."""
 
-    def __init__(self, folder: Path, *, threads: int = 1, seed: int = 0, device: str = "cpu"):
+    def __init__(self, folder: Path, *, threads: int = 1, seed: int = 0, device: str = "cpu",
+                 stop: tuple[str, ...] = ()):
         folder = Path(folder)
         torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -81,13 +106,12 @@ class HFEngine:
         if (folder / MANIFEST).exists():
             self.version = int(verify_snapshot(folder)["version"])
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.eos_id = self.tokenizer.eos_token_id
-        if self.eos_id is None:
-            raise ValueError(f"tokenizer in {folder} has no eos token")
-        self.model = AutoModelForCausalLM.from_pretrained(folder).to(self.device).eval()
+        self.pad_id = pad_id(self.tokenizer)
+        self.eos_ids = eos_ids(self.tokenizer, folder)
+        self.stop = check_stop_strings(stop)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(self.device).eval()
+        self.model.generation_config = GenerationConfig()  # the folder's sampling defaults never apply
+        self._aliases = _alias_names(self.model)
         # Own RNG stream: generate() draws from the global torch RNG, so we swap our
         # state in and out around each call; results depend only on `seed` and the calls.
         torch.manual_seed(seed)
@@ -101,7 +125,7 @@ class HFEngine:
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: list[Prompt],
         n: int,
         *,
         temperature: float,
@@ -112,10 +136,12 @@ class HFEngine:
     ) -> list[list[Sample]]:
         """n samples for each prompt (result[i] belongs to prompts[i]).
 
+        prompts: token ids (as rendered by the learner) or texts (encoded raw).
         temperature 0 is greedy: each prompt is decoded once and copied n times.
         Rows (prompt repeated n times) are processed batch_size at a time.
         hidden_k: also return projected hidden states [T, hidden_k] per sample.
         """
+        prompts = [self.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
         if n < 1 or max_new_tokens < 1 or batch_size < 1:
             raise ValueError("n, max_new_tokens and batch_size must be >= 1")
         if temperature < 0 or not (0.0 < top_p <= 1.0):
@@ -145,8 +171,8 @@ class HFEngine:
     def _generation_config(self, greedy: bool, temperature: float, top_p: float, max_new: int):
         kw = dict(
             max_new_tokens=max_new,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+            eos_token_id=list(self.eos_ids),
             output_scores=True,
             output_logits=True,
             return_dict_in_generate=True,
@@ -156,9 +182,21 @@ class HFEngine:
             return GenerationConfig(do_sample=False, **kw)
         return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, **kw)
 
-    def _generate_batch(self, texts, greedy, temperature, top_p, max_new, hidden_k=None) -> list[Sample]:
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.device)
+    def _left_pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        """input_ids / attention_mask [B, P], left-padded with the shared pad id."""
+        P = max(len(r) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (P - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (P - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generate_batch(self, rows, greedy, temperature, top_p, max_new, hidden_k=None) -> list[Sample]:
+        enc = self._left_pad(rows)
+        P = enc["input_ids"].shape[1]
         gc = self._generation_config(greedy, temperature, top_p, max_new)
+        criteria = StoppingCriteriaList([_StopStrings(P, self.stop, self._decode)] if self.stop else [])
         steps: list[torch.Tensor] = []  # per forward: [B, k] projected state of the last position
         hook = None
         if hidden_k is not None:
@@ -166,12 +204,11 @@ class HFEngine:
             r = projection(head.in_features, hidden_k).to(self.device)
             hook = head.register_forward_pre_hook(lambda _m, args: steps.append(project(args[0][:, -1, :], r)))
         try:
-            out = self.model.generate(**enc, generation_config=gc)
+            out = self.model.generate(**enc, generation_config=gc, stopping_criteria=criteria)
         finally:
             if hook is not None:
                 hook.remove()
-        P = enc["input_ids"].shape[1]
-        gen = out.sequences[:, P:]  # [B, T] completion ids, pad after eos
+        gen = out.sequences[:, P:]  # [B, T] completion ids, pad after the end
         scores = torch.stack(out.scores, dim=1)  # [B, T, V] warped logits μ was drawn from
         logp, ent = behaviour_stats(scores, gen)  # [B, T], [B, T]
         gen_np = gen.cpu().numpy()
@@ -180,17 +217,14 @@ class HFEngine:
         hid_np = torch.stack(steps[: gen.shape[1]], dim=1).cpu().numpy() if hook is not None else None  # [B, T, k]
         result = []
         for b in range(gen_np.shape[0]):
-            ids = gen_np[b]
-            hits = np.flatnonzero(ids == self.eos_id)
-            stop = hits.size > 0
-            T = int(hits[0]) + 1 if stop else ids.shape[0]
-            token_ids = ids[:T].astype(np.int32)
+            T, stop = completion_length(gen_np[b].tolist(), self.eos_ids, self.stop, self._decode)
+            token_ids = gen_np[b, :T].astype(np.int32)
             result.append(
                 Sample(
                     token_ids=token_ids,
                     logprobs=logp_np[b, :T].astype(np.float32),
                     entropy=ent_np[b, :T].astype(np.float32),
-                    text=self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True),
+                    text=self._decode(token_ids.tolist()),
                     finish_reason="stop" if stop else "length",
                     hidden=None if hid_np is None else hid_np[b, :T].copy(),
                 )
@@ -202,12 +236,14 @@ class HFEngine:
     def load_weights(self, folder: Path, manifest_sha256: str | None = None) -> None:
         """Verify the snapshot's checksums, then copy its tensors into the model in place.
 
+        The snapshot must hold exactly the model's canonical tensors (a tied output
+        embedding is stored once, under the input embedding's name, and loads through it).
         Raises WeightsError (weights untouched) when the snapshot is corrupted or its
         tensor names/shapes differ from the model's; nothing is copied before both pass.
         """
         folder = Path(folder)
         manifest, state = load_verified(folder, manifest_sha256)
-        own = self.model.state_dict()
+        own = canonical_tensors(self.model.state_dict().items())
         missing = sorted(own.keys() - state.keys())
         extra = sorted(state.keys() - own.keys())
         if missing or extra:
@@ -220,15 +256,23 @@ class HFEngine:
                     f"snapshot {folder}: {name} has shape {tuple(t.shape)}, model has {tuple(own[name].shape)}"
                 )
         with torch.no_grad():
-            self.model.load_state_dict(state, strict=True)
+            result = self.model.load_state_dict(state, strict=False)
+        if result.unexpected_keys or set(result.missing_keys) - self._aliases:
+            raise WeightsError(f"snapshot {folder}: load_state_dict left {result}")  # cannot happen after the checks
         self.version = int(manifest["version"])
 
     def digest(self) -> str:
-        """param_digest of the parameters and persistent buffers now held."""
+        """param_digest of the canonical parameters and persistent buffers now held."""
         return param_digest(self.model.state_dict().items())
 
     def canary(self) -> float:
         return canary_logprob(self.model, self.tokenizer)
+
+
+def _alias_names(model) -> set[str]:
+    """state_dict names that share their tensor with an earlier name (tied weights)."""
+    state = model.state_dict()
+    return set(state) - set(canonical_tensors(state.items()))
 
 
 def _copy(s: Sample) -> Sample:

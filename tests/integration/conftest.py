@@ -20,6 +20,17 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOTSTRAP_DIR = Path(os.environ.get("SCCA_BOOTSTRAP_DIR", ROOT / ".cache" / "scca" / "bootstrap-s0"))
 
 
+QWEN_DIR = Path(os.environ.get("SCCA_QWEN_DIR", ROOT / ".cache" / "scca" / "qwen2-gsm-s0"))
+
+
+@pytest.fixture(scope="session")
+def qwen_gsm() -> Path:
+    """The Qwen2-style test model + GSM8K-style data (qwen_gsm.py), built once and cached."""
+    from qwen_gsm import build
+
+    return build(QWEN_DIR)
+
+
 @pytest.fixture(scope="session")
 def bootstrap_dir() -> Path:
     if not (BOOTSTRAP_DIR / "bootstrap.json").exists():
@@ -27,9 +38,10 @@ def bootstrap_dir() -> Path:
     return BOOTSTRAP_DIR
 
 
-def scca(*args: str, log: Path | None = None) -> subprocess.Popen:
+def scca(*args: str, log: Path | None = None, env: dict | None = None) -> subprocess.Popen:
     out = open(log, "wb") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            env=None if env is None else {**os.environ, **env})
 
 
 def sets(**sections: dict) -> list[str]:

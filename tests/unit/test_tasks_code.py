@@ -99,7 +99,7 @@ def test_load_code_jsonl(tmp_path):
     assert rows[0]["meta"] == {"tests": TESTS} and rows[0]["id"].startswith("code-")
     assert C.score(rows[0]["prompt"], rows[0]["meta"], GOOD, LIM)["reward"] == 1.0
     write_jsonl([{"prompt": "a", "tests": "assert f(1) == 1"}, {"prompt": "b", "tests": "assert ("}], p)
-    with pytest.raises(JsonlError, match="row 2: tests do not parse"):
+    with pytest.raises(JsonlError, match="c.jsonl:2: tests do not parse"):
         C.load(p)
     write_jsonl([{"prompt": "a", "tests": [{"call": "f", "args": [1], "expect": 1.5}], "rel_tol": 0.01}], p)
     assert C.load(p)[0]["meta"]["rel_tol"] == 0.01

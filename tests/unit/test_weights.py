@@ -12,6 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from protocol.weights import (
     CANARY_TOL,
+    canonical_tensors,
+    folder_dtype,
+    saved_precision,
     WeightsError,
     canary_logprob,
     latest_snapshot,
@@ -65,9 +68,13 @@ def test_param_digest_properties():
     w[0] = torch.nextafter(w[0], torch.tensor(10.0))
     changed["model.norm.weight"] = w
     assert param_digest(changed.items()) != d
-    # dtype is part of the digest, and bf16 gives a defined (deterministic) value
+    # values, not storage: bf16-rounded values differ; the same values held in fp32 agree
     bf = [(n, t.to(torch.bfloat16)) for n, t in items]
     assert param_digest(bf) == param_digest(bf) != d
+    assert param_digest([(n, t.float()) for n, t in bf]) == param_digest(bf)
+    assert param_digest([(n, t.double()) for n, t in items]) == d
+    # integer tensors keep their dtype in the digest
+    assert param_digest([("i", torch.arange(3))]) != param_digest([("i", torch.arange(3, dtype=torch.int32))])
     # renaming changes it
     assert param_digest([("x" + n, t) for n, t in items]) != d
 
@@ -166,3 +173,46 @@ def test_canary_deterministic_and_weight_sensitive(tmp_path):
     fresh = AutoModelForCausalLM.from_pretrained(info["folder"])
     fresh_tok = AutoTokenizer.from_pretrained(info["folder"])
     assert abs(canary_logprob(fresh, fresh_tok) - c1) < 1e-9
+
+
+def test_a_tied_model_and_its_snapshot_agree_and_a_real_difference_is_caught(tmp_path):
+    from learner.local_models import build_model_folder
+
+    folder = build_model_folder(tmp_path / "q", "qwen2", tied=True, dtype="float32")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    state = model.state_dict()
+    assert "lm_head.weight" in state and state["lm_head.weight"].data_ptr() == state["model.embed_tokens.weight"].data_ptr()
+    assert list(canonical_tensors(state.items())) == [n for n in state if n != "lm_head.weight"]
+    info = publish_snapshot(tmp_path / "w", 1, model, AutoTokenizer.from_pretrained(folder))
+    on_disk = load_state_dict(info["folder"])
+    assert "lm_head.weight" not in on_disk
+    assert param_digest(state.items()) == param_digest(on_disk.items()) == info["digest"]
+    # the same values untied (a second tensor under the head's name) are another model
+    untied = {**state, "lm_head.weight": state["lm_head.weight"].clone()}
+    assert param_digest(untied.items()) != info["digest"]
+    # a tiny change of the shared tensor, seen through either name, is caught
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-3
+    assert param_digest(model.state_dict().items()) != info["digest"]
+
+
+def test_bf16_snapshots_from_fp32_master_weights(tmp_path):
+    from learner.local_models import build_model_folder
+
+    folder = build_model_folder(tmp_path / "q", "qwen2", tied=True, dtype="bfloat16")
+    assert folder_dtype(folder) == torch.bfloat16
+    master = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        for p in master.parameters():
+            p.add_(1e-4)  # a step off the bf16 grid, as an optimiser step is
+    exact = [t.clone() for t in master.state_dict().values()]
+    info = publish_snapshot(tmp_path / "w", 1, master, AutoTokenizer.from_pretrained(folder), dtype=torch.bfloat16)
+    snap = load_state_dict(info["folder"])
+    assert {t.dtype for t in snap.values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "w" / "v000001" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert param_digest(master.state_dict().items()) != info["digest"]  # the master is not on the grid
+    with saved_precision(master, torch.bfloat16):
+        assert param_digest(master.state_dict().items()) == info["digest"]
+    assert all(torch.equal(a, b) for a, b in zip(exact, master.state_dict().values()))  # master restored
+    reloaded = AutoModelForCausalLM.from_pretrained(info["folder"], dtype=torch.float32)
+    assert param_digest(reloaded.state_dict().items()) == info["digest"]

@@ -21,8 +21,6 @@ host (tests are parsed there only to plan the checks).
 
 from __future__ import annotations
 
-import hashlib
-
 from verifiers import sandbox
 from verifiers.sandbox_plan import DEFAULT_ABS_TOL, DEFAULT_REL_TOL, PlanError
 from verifiers.sandbox_tests import plan as plan_tests
@@ -92,22 +90,28 @@ def score(prompt: str, meta: dict, completion: str, limits: sandbox.Limits = LIM
     return {k: r[k] for k in keep}
 
 
-def load(path) -> list[dict]:
-    """Rows {"id", "prompt", "meta": {"tests"[, "rel_tol", "abs_tol"]}}; every row's tests
-    must plan (parse, known format)."""
-    from verifiers.tasks.jsonl import JsonlError, read_jsonl
-    rows = []
-    for i, r in enumerate(read_jsonl(path, {"prompt": str, "tests": (str, list)})):
+def load(path, *, prompt_field: str = "", answer_field: str = "", with_report: bool = False):
+    """Rows {"id", "prompt", "meta": {"tests"[, "rel_tol", "abs_tol"]}} of a {"prompt", "tests"}
+    JSONL (field mapping, duplicate merging and file:line errors of verifiers/tasks/fields.py);
+    every row's tests must plan (parse, known format). with_report: (rows, Report)."""
+    from verifiers.tasks.fields import DataError, read_rows
+
+    def check(raw: dict, where: str) -> dict:
+        tests = raw.get(answer_field or "tests")
+        if not isinstance(tests, (str, list)):
+            raise DataError(f"{where}: tests must be a string or a list, got {type(tests).__name__}")
         try:
-            plan_tests(r["tests"])
+            plan_tests(tests)
         except (SyntaxError, PlanError) as e:
-            raise JsonlError(f"{path}: row {i + 1}: tests do not parse: {e}") from None
-        meta = {"tests": r["tests"]}
+            raise DataError(f"{where}: tests do not parse: {e}") from None
+        meta = {}
         for key in ("rel_tol", "abs_tol"):
-            if key in r:
-                if not isinstance(r[key], (int, float)) or isinstance(r[key], bool) or not 0 <= r[key] <= 1:
-                    raise JsonlError(f"{path}: row {i + 1}: {key} must be a number in [0, 1]")
-                meta[key] = float(r[key])
-        rows.append({"id": r.get("id") or "code-" + hashlib.sha1(r["prompt"].encode()).hexdigest()[:12],
-                     "prompt": r["prompt"], "meta": meta})
-    return rows
+            if key in raw:
+                if not isinstance(raw[key], (int, float)) or isinstance(raw[key], bool) or not 0 <= raw[key] <= 1:
+                    raise DataError(f"{where}: {key} must be a number in [0, 1]")
+                meta[key] = float(raw[key])
+        return meta
+
+    rows, report = read_rows(path, NAME, target="tests", prompt_field=prompt_field, answer_field=answer_field,
+                             row_meta=check)
+    return (rows, report) if with_report else rows

@@ -19,6 +19,10 @@ Then:
 Every verdict records `rel_tol`/`abs_tol` (the `[task]` setting, or the row's own).
 math-verify's timeouts use signal.alarm: `score` therefore must run in the MAIN THREAD of
 its process (it raises RuntimeError elsewhere); the verifier's scorer workers do.
+A bare final number (e.g. "... so she has 12 apples.") is NOT taken as the answer: with
+neither `\\boxed{}` nor `####` (nor a matching meta["pattern"]) the reward is 0 with
+reason "no_answer". Prompt the model to end with `#### x` or `\\boxed{x}`, or give rows a
+"pattern" such as `(-?\\d+)\\s*$` to accept one.
 
 `MathPool` runs `score` in separate worker processes (`python -m verifiers.tasks.math
 --serve`, JSON lines over pipes, no pickle) with a per-job wall timeout: a job that
@@ -30,7 +34,6 @@ Does NOT: generate problems (JSONL only), or look at the reasoning, only the fin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -164,17 +167,20 @@ def _math_verify(gold_text: str, ans: str, answer: str, tol: dict) -> dict:
             "extracted": answer}
 
 
-def load(path, pattern: str | None = None) -> list[dict]:
-    """Rows {"id", "prompt", "meta": {"answer"[, "pattern"]}} of a {"prompt","answer"} JSONL."""
-    from verifiers.tasks.jsonl import read_jsonl
-    rows = []
-    for r in read_jsonl(path, {"prompt": str, "answer": (str, int, float)}):
-        meta = {"answer": str(r["answer"])}
-        if pattern or r.get("pattern"):
-            meta["pattern"] = pattern or r["pattern"]
-        rows.append({"id": r.get("id") or "math-" + hashlib.sha1(r["prompt"].encode()).hexdigest()[:12],
-                     "prompt": r["prompt"], "meta": meta})
-    return rows
+def load(path, pattern: str | None = None, *, prompt_field: str = "", answer_field: str = "",
+         with_report: bool = False):
+    """Rows {"id", "prompt", "meta": {"answer"[, "solution", "pattern", "rel_tol", "abs_tol"]}} of a user's JSONL:
+    GSM8K {"question", "answer": "... #### x"}, MATH {"problem", "solution": "... \\boxed{x}"} or
+    {"prompt", "answer"}, through the field mapping of verifiers/tasks/fields.py (duplicate
+    prompts merged and counted; errors name file:line). with_report: (rows, Report)."""
+    from verifiers.tasks.fields import read_rows
+
+    def extra(raw: dict, where: str) -> dict:  # a row's own pattern and tolerances travel in meta
+        p = pattern or raw.get("pattern")
+        return {**({"pattern": p} if p else {}), **{k: raw[k] for k in SETTINGS if k in raw}}
+
+    rows, report = read_rows(path, NAME, prompt_field=prompt_field, answer_field=answer_field, row_meta=extra)
+    return (rows, report) if with_report else rows
 
 
 class _Worker:

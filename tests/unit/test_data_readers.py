@@ -1,0 +1,130 @@
+"""Users' data files: GSM8K / MATH / prompt-answer through the field mapping, duplicates merged
+and counted, errors naming file:line, `scca data math`, and the launcher's preflight."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deploy.cli import main as scca
+from deploy.launcher import prepare_run
+from protocol.config import ConfigError, parse_config
+from verifiers.tasks import code, math, wordproblems
+from verifiers.tasks.fields import DataError, gold_answer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_gold_answer_of_gsm8k_math_and_plain_texts():
+    assert gold_answer("She pays 2 * $1,250 = $2,500.\n#### 2,500") == "2500"
+    assert gold_answer("So $x = \\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
+    assert gold_answer(" 42 ") == "42"
+
+
+def test_gsm8k_math_and_prompt_answer_shapes_are_read(tmp_path):
+    gsm = _write(tmp_path / "gsm.jsonl", [{"question": "Tom has 2 + 3 apples?", "answer": "2 + 3 = 5\n#### 5"}])
+    [row] = math.load(gsm)
+    assert row["prompt"] == "Tom has 2 + 3 apples?" and row["meta"] == {"answer": "5", "solution": "2 + 3 = 5\n#### 5"}
+    hendrycks = _write(tmp_path / "math.jsonl", [{"problem": "Half of 1?", "solution": "It is $\\boxed{\\frac12}$.",
+                                                  "level": "Level 1"}])
+    assert math.load(hendrycks)[0]["meta"]["answer"] == "\\frac12"
+    plain = _write(tmp_path / "plain.jsonl", [{"id": "q1", "prompt": "1+1?", "answer": 2}])
+    assert math.load(plain) == [{"id": "q1", "prompt": "1+1?", "meta": {"answer": "2"}}]
+    mapped = _write(tmp_path / "mapped.jsonl", [{"input": "3+4?", "target": "7", "question": "ignored"}])
+    rows, report = math.load(mapped, prompt_field="input", answer_field="target", with_report=True)
+    assert rows[0]["prompt"] == "3+4?" and rows[0]["meta"]["answer"] == "7"
+    assert (report.prompt_field, report.answer_field, report.lines) == ("input", "target", [1])
+
+
+def test_duplicates_are_merged_and_counted_not_fatal(tmp_path):
+    f = _write(tmp_path / "d.jsonl", [{"question": "A?", "answer": "#### 1"}, "",
+                                      {"question": "B?", "answer": "#### 2"},
+                                      {"question": "A?", "answer": "#### 1"},
+                                      {"question": "A?", "answer": "#### 3"}])
+    rows, report = math.load(f, with_report=True)
+    assert [r["prompt"] for r in rows] == ["A?", "B?"] and rows[0]["meta"]["answer"] == "1"  # the first is kept
+    assert (report.duplicates_merged, report.duplicates_conflicting, report.lines) == (2, 1, [1, 3])
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"question": "A?", "answer": "1"}', "{oops"], r"bad.jsonl:2: not valid JSON"),
+    (['[1, 2]'], r"bad.jsonl:1: expected a JSON object"),
+    (['{"text": "A?", "answer": "1"}'], r"bad.jsonl:1: no prompt field: expected one of \['prompt', 'question', 'problem'\]"),
+    (['{"question": "A?"}'], r"bad.jsonl:1: no answer field"),
+    (['{"question": "", "answer": "1"}'], r"bad.jsonl:1: field 'question' must be a non-empty string"),
+    (['{"question": "A?", "answer": [1]}'], r"bad.jsonl:1: field 'answer' must be a string or a number"),
+    (['{"id": "x", "prompt": "A?", "answer": "1"}', '{"id": "x", "prompt": "B?", "answer": "2"}'],
+     r"bad.jsonl:2: id 'x' is already used by another prompt"),
+])
+def test_every_data_error_names_the_file_and_line(tmp_path, lines, message):
+    f = _write(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(DataError, match=message):
+        math.load(f)
+
+
+def test_code_rows_through_the_same_reader(tmp_path):
+    f = _write(tmp_path / "c.jsonl", [{"prompt": "Write f.", "tests": "assert f(1) == 1"},
+                                      {"prompt": "Write f.", "tests": "assert f(1) == 1"},
+                                      {"prompt": "Write g.", "tests": 5}])
+    with pytest.raises(DataError, match="c.jsonl:3: tests must be a string"):
+        code.load(f)
+
+
+def test_scca_data_math_writes_gsm8k_style_rows_the_reader_takes(tmp_path, capsys):
+    out = tmp_path / "gsm.jsonl"
+    assert scca(["data", "math", "--n", "50", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 50 and all(set(r) == {"question", "answer"} and "\n#### " in r["answer"] for r in rows)
+    loaded = math.load(out)
+    assert all(math.extract_answer(r["meta"]["solution"]) == r["meta"]["answer"] for r in loaded)
+    held = {r["question"] for r in wordproblems.generate(0, 50, "heldout")}
+    assert not held & {r["question"] for r in rows}  # disjoint splits
+    assert scca(["data", "code", "--n", "3", "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "the 'code' task reads your own JSONL" in capsys.readouterr().err
+
+
+def test_the_launcher_converts_reports_and_names_the_users_line(tmp_path):
+    f = _write(tmp_path / "gsm.jsonl", [{"question": "A?", "answer": "#### 1"}, {"question": "A?", "answer": "#### 1"},
+                                        {"question": "B?", "answer": "#### 2"}])
+    cfg = parse_config({"task": {"name": "math", "train_file": str(f), "heldout_file": str(f)},
+                        "model": {"bootstrap_dir": str(tmp_path / "none")}})
+    prepare_run(cfg, tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "data" / "report.json").read_text())
+    assert report["train"]["rows"] == 2 and report["train"]["duplicates_merged"] == 1
+    bad = parse_config({"task": {"name": "math", "train_file": str(f), "heldout_file": str(f), "reward": "no_such.mod:fn"}})
+    with pytest.raises(ConfigError, match=r"\[task\] reward = 'no_such.mod:fn': cannot import module 'no_such.mod'"):
+        prepare_run(bad, tmp_path / "run2")
+
+
+def test_preflight_names_the_users_line_of_a_prompt_over_the_limit(tmp_path):
+    from learner.local_models import build_model_folder
+
+    model = build_model_folder(tmp_path / "qwen", "qwen2", seed=2)
+    f = _write(tmp_path / "gsm.jsonl", [{"question": "A?", "answer": "#### 1"}, {"question": "A?", "answer": "#### 1"},
+                                        {"question": "B " * 40 + "?", "answer": "#### 2"}])
+    task = {"name": "math", "train_file": str(f), "heldout_file": str(f), "prompt_format": "chat", "max_prompt_tokens": 40}
+    cfg = parse_config({"task": task, "model": {"folder": str(model)}})
+    with pytest.raises(ConfigError, match=rf"{f}:3: prompt is \d+ tokens in format 'chat', over the maximum 40"):
+        prepare_run(cfg, tmp_path / "run")
+    cfg = parse_config({"task": {**task, "long_prompts": "drop"}, "model": {"folder": str(model)}})
+    prepare_run(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "data" / "report.json").read_text())["train"]["dropped_too_long"] == 1
+
+
+def test_scca_data_from_converts_a_users_file_for_scca_learner(tmp_path):
+    from protocol.dataset import DatasetError, read_jsonl
+
+    gsm = _write(tmp_path / "gsm.jsonl", [{"question": "A?", "answer": "x\n#### 1"}, {"question": "A?", "answer": "#### 1"}])
+    with pytest.raises(DatasetError, match=r"gsm.jsonl:1: field 'id' must be str, got NoneType \(a task's own JSONL"):
+        read_jsonl(gsm)  # what `scca learner` says when given the user's file directly
+    out = tmp_path / "prompts.jsonl"
+    assert scca(["data", "math", "--from", str(gsm), "--out", str(out)]) == 0
+    [row] = read_jsonl(out)
+    assert row["prompt"] == "A?" and row["meta"] == {"answer": "1", "solution": "x\n#### 1"}
