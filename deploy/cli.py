@@ -133,12 +133,12 @@ def cmd_compare(args) -> int:
 
 
 def cmd_learner(args) -> int:
-    from learner.service import main
-
     cfg = load_config(args.config, parse_sets(args.set))
     if args.resume and not (Path(args.run_dir) / "checkpoint" / "state.json").is_file():
         raise ConfigError(f"{Path(args.run_dir) / 'checkpoint'}: no checkpoint to resume from (the run stopped "
                           "before its first one): start without --resume")
+    from learner.service import main  # torch loads only once the input is known to be good
+
     summary = main(cfg, Path(args.run_dir), resume=args.resume)
     return summary["exit_code"]
 

@@ -139,7 +139,7 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
         state["version"] = version
     metrics_server, _ = start_http_server(cfg.hub.metrics_port, addr=cfg.hub.metrics_addr)
     monitor = StallMonitor(cfg.monitor)
-    inbox = WatchedInbox(monitor)
+    inbox = WatchedInbox(monitor, lambda: state["version"], cfg.loss.max_lag)
     hub = Hub(cfg, ledger, train_rows, heldout_rows, inbox, run_id=ledger.get_meta("run_id") or uuid.uuid4().hex[:12])
     ledger.set_meta("run_id", hub.run_id)
     hub.retry.extend(parked)

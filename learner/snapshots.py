@@ -9,7 +9,7 @@ What it does:
   newer is on disk, else one above the highest version folder there (READY or not).
   Versions only go up, over any number of restarts.
 * `SnapshotPublisher.publish`: `publish_snapshot`, with this fault policy for a full disk
-  (ENOSPC, EDQUOT, EFBIG): log it with the numbers, delete every snapshot but the newest
+  (ENOSPC, EDQUOT, EFBIG, as OSError or as safetensors' "os error 28"): log it with the numbers, delete every snapshot but the newest
   READY one (the one actors serve), retry once; if that fails too, keep serving the
   previous snapshot and return None (counted in `failures`, consecutive ones in
   `consecutive`, so the stall monitor can stop the run past `[monitor]
@@ -32,7 +32,21 @@ from protocol.weights import latest_snapshot, publish_snapshot
 log = logging.getLogger("scca.snapshots")
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # errors the disk-full policy handles
+# safetensors' Rust writer reports them as SafetensorError("... (os error 28)"), not OSError
+_NO_SPACE_TEXT = re.compile(r"os error (%s)\b|No space left on device|Disk quota exceeded|File too large"
+                            % "|".join(str(e) for e in sorted(NO_SPACE)))
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a full disk, a quota or a file-size limit, whoever raised it."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        if _NO_SPACE_TEXT.search(str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def version_folders(root: Path) -> list[tuple[int, Path]]:
@@ -46,6 +60,11 @@ def version_folders(root: Path) -> list[tuple[int, Path]]:
 def resume_version(root: Path, checkpoint_version: int) -> int:
     highest = max((v for v, _ in version_folders(root)), default=-1)
     return checkpoint_version if highest <= checkpoint_version else highest + 1
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:300]
 
 
 def _free_bytes(root: Path) -> int:
@@ -66,23 +85,23 @@ class SnapshotPublisher:
         """`publish_snapshot` under the disk-full policy; None = not published this time."""
         try:
             info = publish_snapshot(root, version, model, tokenizer, keep=self.keep)
-        except OSError as exc:
-            if exc.errno not in NO_SPACE:
+        except Exception as exc:
+            if not is_disk_full(exc):
                 raise
             log.error("snapshot v%d not written: %s (%d bytes free under %s); deleting all snapshots but the "
-                      "newest and trying again", version, exc.strerror, _free_bytes(root), root)
+                      "newest and trying again", version, _short(exc), _free_bytes(root), root)
             self.prune_to_newest(root)
             try:
                 info = publish_snapshot(root, version, model, tokenizer, keep=1)
-            except OSError as exc2:
-                if exc2.errno not in NO_SPACE:
+            except Exception as exc2:
+                if not is_disk_full(exc2):
                     raise
                 self.failures += 1
                 self.consecutive += 1
-                self.last_error = f"{exc2.strerror} writing v{version} under {root}"
+                self.last_error = f"{_short(exc2)} writing v{version} under {root}"
                 newest = latest_snapshot(root)
                 log.error("snapshot v%d not written again (%s): %s keeps serving (%d failures in a row)",
-                          version, exc2.strerror, newest.name if newest else "no snapshot", self.consecutive)
+                          version, _short(exc2), newest.name if newest else "no snapshot", self.consecutive)
                 return None
             log.warning("snapshot v%d written after freeing space (only it is kept now)", version)
         self.consecutive = 0

@@ -2,8 +2,10 @@
 
 What it does: `StallMonitor` keeps four measures, each with the warning and stop bounds
 of `[monitor]` (protocol/config.py; a bound of 0 is off):
-  * no_signal    consecutive scored training groups whose rewards were all equal (zero
-                 advantage: nothing to learn from), with how many were all 0 and all 1;
+  * no_signal    consecutive scored training groups that cannot teach anything: rewards
+                 all equal (zero advantage) or too stale to train (policy lag past
+                 `max_lag`: actors stuck on old weights), with how many were all 0, all 1
+                 and stale;
   * no_verified  seconds since a sample was last verified (training or held-out) while
                  the trainer had nothing waiting (a trainer busy in a long step is not
                  a stall);
@@ -32,6 +34,8 @@ CAUSES = {
                       "warm-started model (`scca bootstrap --task NAME`), an easier task, or a larger [actor] group_size",
     "no_signal_one": "every sample scored 1: the task is too easy for this model, nothing is left to learn",
     "no_signal_mixed": "groups are all-right or all-wrong: raise [actor] group_size or [actor] temperature",
+    "no_signal_stale": "actors generate with old weights: they cannot load new snapshots (a full disk, see the "
+                       "publish errors; quarantined actors) or generate slower than [loss] max_lag allows",
     "no_verified": "verifiers are missing, stuck or slower than their jobs arrive (logs/verifier-*.log, [verifier] "
                    "job_timeout_s), or actors generate nothing (logs/actor-*.log)",
     "no_actor": "actors crashed, were quarantined (weights_sync.jsonl) or cannot reach the learner's address "
@@ -59,6 +63,7 @@ class StallMonitor:
         self.no_signal = 0  # consecutive groups with equal rewards
         self.no_signal_zero = 0  # ... of which every reward was 0
         self.no_signal_one = 0  # ... of which every reward was 1
+        self.no_signal_stale = 0  # ... of which the policy lag was past max_lag
         self.groups = 0  # scored training groups seen
         self.last_verified = now
         self.last_actor = now
@@ -69,15 +74,18 @@ class StallMonitor:
         self.warned: set[str] = set()  # conditions past their warning bound now
 
     # --- observations ------------------------------------------------------------
-    def observe_group(self, rewards: list[float]) -> None:
+    def observe_group(self, rewards: list[float], stale: bool = False) -> None:
         self.groups += 1
         self.last_verified = self.clock()
-        if len(set(rewards)) > 1:
-            self.no_signal = self.no_signal_zero = self.no_signal_one = 0
+        if len(set(rewards)) > 1 and not stale:
+            self.no_signal = self.no_signal_zero = self.no_signal_one = self.no_signal_stale = 0
             return
         self.no_signal += 1
-        self.no_signal_zero += rewards[0] == 0.0
-        self.no_signal_one += rewards[0] == 1.0
+        if stale:
+            self.no_signal_stale += 1
+        else:
+            self.no_signal_zero += rewards[0] == 0.0
+            self.no_signal_one += rewards[0] == 1.0
 
     def observe_verified(self, at: float | None = None) -> None:
         self.last_verified = max(self.last_verified, self.clock() if at is None else at)
@@ -127,10 +135,11 @@ class StallMonitor:
 
     def describe(self, condition: str, value: float) -> str:
         if condition == "no_signal":
-            zero, one = self.no_signal_zero, self.no_signal_one
-            cause = CAUSES["no_signal_zero" if zero == value else "no_signal_one" if one == value else "no_signal_mixed"]
-            return (f"{int(value)} scored groups in a row had equal rewards, no learning signal "
-                    f"({zero} all 0, {one} all 1; {self.groups} groups scored so far). Likely: {cause}")
+            zero, one, stale = self.no_signal_zero, self.no_signal_one, self.no_signal_stale
+            key = ("no_signal_zero" if zero == value else "no_signal_one" if one == value
+                   else "no_signal_stale" if stale * 2 >= value else "no_signal_mixed")
+            return (f"{int(value)} scored groups in a row gave no learning signal ({zero} all 0, {one} all 1, "
+                    f"{stale} too stale; {self.groups} groups scored so far). Likely: {CAUSES[key]}")
         if condition == "publish_failed":
             return (f"{int(value)} weight publishes in a row failed ({self.publish_error}); the previous snapshot "
                     f"keeps serving. Likely: {CAUSES[condition]}")
@@ -141,12 +150,13 @@ class StallMonitor:
 
 
 class WatchedInbox(queue.Queue):
-    """The trainer's inbox; every scored group put on it is shown to the monitor first."""
+    """The trainer's inbox; every scored group put on it is shown to the monitor first,
+    stale when its policy lag against `version()` (the learner's) is past `max_lag`."""
 
-    def __init__(self, monitor: StallMonitor):
+    def __init__(self, monitor: StallMonitor, version: Callable[[], int] = lambda: 0, max_lag: int = 1_000_000):
         super().__init__()
-        self.monitor = monitor
+        self.monitor, self.version, self.max_lag = monitor, version, max_lag
 
     def put(self, group, block: bool = True, timeout: float | None = None) -> None:
-        self.monitor.observe_group(group.rewards)
+        self.monitor.observe_group(group.rewards, stale=self.version() - group.weights_version > self.max_lag)
         super().put(group, block, timeout)
