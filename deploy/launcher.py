@@ -182,6 +182,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     for old in ("learner.json", "progress.json", "summary.json"):  # files of an earlier session
         (run_dir / old).unlink(missing_ok=True)
     cfg_path = str(run_dir / "config.json")
+    log_offset = (logs / "learner.log").stat().st_size if (logs / "learner.log").exists() else 0
     learner = spawn(["learner", cfg_path, "--run-dir", str(run_dir)] + (["--resume"] if resume else []), logs / "learner.log")
     children = {"learner": learner}
     signals: list[int] = []
@@ -192,7 +193,7 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             for i in range(count):
                 name = f"{role}-{i}"
                 children[name] = spawn([role, cfg_path, "--connect", address, "--name", name], logs / f"{name}.log")
-        with ProgressView(run_dir, cfg, console) as view:
+        with ProgressView(run_dir, cfg, console, log_offset) as view:
             supervise(children, view, signals, logs)
     finally:
         stop_all(list(children.values()))

@@ -31,10 +31,11 @@ ECHO_MAX_CHARS = 400
 
 
 class LogFollower:
-    """New lines of a growing log file since the last call."""
+    """New lines of a growing log file since the last call, from byte `offset` on (lines of
+    an earlier session of a resumed run are not new)."""
 
-    def __init__(self, path: Path):
-        self.path, self.offset, self.partial = Path(path), 0, ""
+    def __init__(self, path: Path, offset: int = 0):
+        self.path, self.offset, self.partial = Path(path), offset, ""
 
     def new_lines(self) -> list[str]:
         try:
@@ -51,10 +52,10 @@ class LogFollower:
 
 
 class ProgressView:
-    def __init__(self, run_dir: Path, cfg, console: Console, tty: bool | None = None):
+    def __init__(self, run_dir: Path, cfg, console: Console, log_offset: int = 0, tty: bool | None = None):
         self.run_dir, self.cfg, self.console = Path(run_dir), cfg, console
         self.tty = console.is_terminal if tty is None else tty
-        self.follower = LogFollower(self.run_dir / "logs" / "learner.log")
+        self.follower = LogFollower(self.run_dir / "logs" / "learner.log", log_offset)
         self.live: Live | None = None
         self.last_step, self.last_print = None, 0.0
         self.reported: set[str] = set()

@@ -240,8 +240,10 @@ class Hub:
         job_id = msg["job_id"]
         if job_id.startswith("eval-"):
             ev = self.eval
-            pid = job_id.split("-", 2)[-1]
-            if ev is not None and job_id.startswith(f"eval-{ev['version']}-") and pid not in ev["rewards"]:
+            version, _, pid = job_id[len("eval-"):].partition("-")
+            if not version.isdigit() or not pid:
+                return self._count_unwanted("unknown_job")
+            if ev is not None and int(version) == ev["version"] and pid not in ev["rewards"]:
                 if pid not in ev["texts"] or len(msg["rewards"]) != len(ev["texts"][pid]):
                     return self._count_unwanted("unknown_job")
                 ev["rewards"][pid] = list(msg["rewards"])
