@@ -51,9 +51,13 @@ def flush_sync_events(run_dir: Path, hub, done: list[int]) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace `path`; progress output is best effort: a full disk only costs the file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
 
 
 class Watch:
