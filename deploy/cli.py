@@ -24,6 +24,8 @@ import os
 # Several torch processes share the cores: OpenMP threads must sleep, not spin, while they
 # wait (spinning made 2-thread steps 5-8x slower on 2 busy cores). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Logs are read as plain lines (nohup, Slurm, CI, `scca run`'s report): no progress bars.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402

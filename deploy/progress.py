@@ -27,7 +27,7 @@ from deploy.report import exit_report
 from learner.progress import TABLE_COLUMNS, format_line, table_row
 
 ECHO_MARKERS = (" WARNING ", " ERROR ")  # learner log lines shown to the user as they appear
-ECHO_MAX_CHARS = 400
+ECHO_MAX_CHARS = 1000
 
 
 class LogFollower:

@@ -4,12 +4,12 @@ What it does, once per `WATCH_S` on the hub's event loop: show the stall monitor
 cannot see by itself (live peers, evaluation progress, groups waiting for the trainer,
 failed publishes) -> log each new stall warning -> on a stop bound, ask the service to
 stop the run (`request_stop(stalled(...))`) -> after every step, and every `[monitor]
-progress_every_s` while no step completes, log the progress line and rewrite
-`progress.json` (what `scca run` shows) -> append new `weights_loaded` checks to
+progress_every_s` while no step completes, log the progress line; rewrite
+`progress.json` (what `scca run` shows) every tick -> append new `weights_loaded` checks to
 `weights_sync.jsonl`, so they survive a learner that is killed.
 
 What it does not do: it never stops the trainer itself and never touches the ledger
-beyond counting dropped rows when it writes a line.
+beyond counting dropped rows (after a step, at most every DROPS_REFRESH_S otherwise).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from learner.stop import StopReason, stalled
 
 log = logging.getLogger("scca.watch")
 
-WATCH_S = 1.0  # period of the watch
+WATCH_S = 1.0  # period of the watch (progress.json is rewritten this often)
+DROPS_REFRESH_S = 5.0  # ledger drop counts are re-read after each step, else at most this often
 
 
 def live_peers(hub) -> tuple[int, int, int]:
@@ -73,6 +74,8 @@ class Watch:
         self.heldout: list[float] = []
         self.eval_version = None
         self.stopped: str | None = None  # the stall condition that stopped the run
+        self.dropped: dict[str, int] = {}
+        self.dropped_at = -DROPS_REFRESH_S
 
     async def run(self) -> None:
         while True:
@@ -90,9 +93,14 @@ class Watch:
             self.request_stop(stalled(stop.message))
         now = time.monotonic()
         step = self.trainer.state["step"]
-        if step != self.last_step or now - self.last_line >= self.cfg.monitor.progress_every_s:
+        stepped = step != self.last_step
+        if stepped or now - self.dropped_at >= DROPS_REFRESH_S:
+            self.dropped, self.dropped_at = self.hub.ledger.dropped_reasons(), now
+        fields = self.fields(now)
+        write_atomic(self.run_dir / "progress.json", json.dumps(fields))
+        if stepped or now - self.last_line >= self.cfg.monitor.progress_every_s:
             self.last_step, self.last_line = step, now
-            self.line(now)
+            log.info("progress: %s", format_line(fields))
         flush_sync_events(self.run_dir, self.hub, self.synced)
 
     def observe(self) -> None:
@@ -119,12 +127,9 @@ class Watch:
             return "waiting for " + ("actors" if not actors else "verifiers")
         return "training"
 
-    def line(self, now: float) -> dict:
+    def fields(self, now: float) -> dict:
         state = self.trainer.state
         actors, verifiers, _ = live_peers(self.hub)
-        fields = progress_fields(state, self.trainer.last_row, self.cfg.learner.max_steps, self.heldout,
-                                 self.hub.ledger.dropped_reasons(), (actors, verifiers), now - self.t0,
-                                 state["step"] - self.step0, self.status(actors, verifiers))
-        write_atomic(self.run_dir / "progress.json", json.dumps(fields))
-        log.info("progress: %s", format_line(fields))
-        return fields
+        return progress_fields(state, self.trainer.last_row, self.cfg.learner.max_steps, self.heldout, self.dropped,
+                               (actors, verifiers), now - self.t0, state["step"] - self.step0,
+                               self.status(actors, verifiers))

@@ -365,26 +365,26 @@ def fault_corrupt_snapshot(run_dir: Path, actors: list, learner) -> dict:
     while a new version is written, its model.safetensors gets flipped bytes, then they go
     on. Each must refuse it (checksum), keep serving its weights, and load the next one."""
     weights = run_dir / "weights"
-    wait_for(lambda: any(p.name.startswith(".tmp-v") for p in weights.iterdir()), 300, "a publish", learner, poll=0.002)
+    tmp = wait_for(lambda: [p.name for p in weights.iterdir() if p.name.startswith(".tmp-v")], 300, "a publish",
+                   learner, poll=0.002)
     for a in actors:
         os.kill(a.pid, signal.SIGSTOP)
     frozen = time.time()
-    ready_before = {p.name for p in weights.glob("v*/READY")}
+    first = int(tmp[0][len(".tmp-v"):].split("-")[0])  # the version being written as they froze
 
     def quiet() -> bool:  # no publish in progress, and nothing new for a second
         busy = any(p.name.startswith(".tmp-v") for p in weights.iterdir())
         return not busy and time.time() - max(p.stat().st_mtime for p in weights.glob("v*/READY")) > 1.0
 
     wait_for(quiet, 60, "the publish to finish", learner)
-    loaded = max((v for vs in peer_versions(run_dir).values() for v in vs), default=0)
     corrupted = []
-    for folder in sorted(weights.glob("v*")):
-        if (folder / "READY").exists() and int(folder.name[1:]) > loaded:
+    for folder in sorted(weights.glob("v*")):  # every snapshot that became READY while the actors were frozen
+        if (folder / "READY").exists() and int(folder.name[1:]) >= first:
             with open(folder / "model.safetensors", "r+b") as f:
                 f.seek(f.seek(0, 2) // 2)
                 f.write(b"\xde\xad\xbe\xef" * 4)
             corrupted.append(int(folder.name[1:]))
-    assert corrupted, f"nothing new to corrupt (ready before {sorted(ready_before)}, loaded v{loaded})"
+    assert corrupted, f"nothing new to corrupt (v{first} was being written)"
     for a in actors:
         os.kill(a.pid, signal.SIGCONT)
     t = time.time()
