@@ -569,6 +569,17 @@ def test_fault_5_crash_during_weight_publish_20_times(bootstrap_dir, tmp_path):
     (temp ones too): it loads only READY, checksum-clean snapshots and keeps serving its
     version otherwise; the newest READY snapshot verifies; the restarted learner's publish
     cleans up and writes a good snapshot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the forked children never wait on an OpenMP pool they did not inherit
+    try:
+        _twenty_kills(bootstrap_dir, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _twenty_kills(bootstrap_dir: Path, tmp_path: Path) -> None:
     import multiprocessing
 
     from actors.engines.hf import HFEngine
