@@ -1,10 +1,10 @@
 """Progress of `scca run` on a terminal and without one (nohup, Slurm, CI logs).
 
-What it does: `ProgressView` reads the learner's `progress.json` (learner/progress.py
-fields) once a second. On a terminal it keeps a live rich table (step, samples,
-samples/s, reward, held-out accuracy, lag, no-signal and stale drops, peers, elapsed,
-ETA, status). Without one it prints the learner's plain progress line, timestamped,
-whenever the step changes and at least every `[monitor] progress_every_s`. In both
+What it does: `ProgressView` follows the learner's log. On a terminal it keeps a live rich
+table (step, samples, samples/s, reward, held-out accuracy, lag, no-signal and stale
+drops, peers, elapsed, ETA, status) from the learner's `progress.json` (learner/progress.py
+fields). Without one it prints the learner's own plain progress lines, timestamped: one
+per step, and one per `[monitor] progress_every_s` while no step completes. In both
 modes it echoes the learner's WARNING and ERROR log lines (stall warnings, quarantines,
 peers dropped) as they appear, and `child_exited` reports an actor or verifier that
 exits badly with its last log lines.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -24,9 +23,10 @@ from rich.live import Live
 from rich.table import Table
 
 from deploy.report import exit_report
-from learner.progress import TABLE_COLUMNS, format_line, table_row
+from learner.progress import TABLE_COLUMNS, table_row
 
 ECHO_MARKERS = (" WARNING ", " ERROR ")  # learner log lines shown to the user as they appear
+PROGRESS_MARKER = " progress: "  # the learner's progress lines (one per step, and per progress_every_s)
 ECHO_MAX_CHARS = 1000
 
 
@@ -57,7 +57,6 @@ class ProgressView:
         self.tty = console.is_terminal if tty is None else tty
         self.follower = LogFollower(self.run_dir / "logs" / "learner.log", log_offset)
         self.live: Live | None = None
-        self.last_step, self.last_print = None, 0.0
         self.reported: set[str] = set()
 
     def __enter__(self) -> ProgressView:
@@ -88,15 +87,10 @@ class ProgressView:
         for line in self.follower.new_lines():
             if any(m in line for m in ECHO_MARKERS):
                 self.say(line[:ECHO_MAX_CHARS])
-        fields = self.fields()
+            elif self.live is None and PROGRESS_MARKER in line:  # the learner's own line, timestamped
+                self.say(f"{line[:19]} {line.split(PROGRESS_MARKER, 1)[1]}")
         if self.live is not None:
-            self.live.update(self.table(fields))
-            return
-        now = time.monotonic()
-        due = now - self.last_print >= self.cfg.monitor.progress_every_s
-        if fields is not None and (fields["step"] != self.last_step or due):
-            self.last_step, self.last_print = fields["step"], now
-            self.say(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {format_line(fields)}")
+            self.live.update(self.table(self.fields()))
 
     def say(self, text: str) -> None:
         """A line above the live table on a terminal; a plain, unwrapped line otherwise."""

@@ -63,6 +63,7 @@ class Trainer(threading.Thread):
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self.publisher = publisher or SnapshotPublisher(cfg.learner.keep_snapshots)
         self.last_row: dict | None = None  # the last metrics row (progress lines read it)
+        self.on_row = None  # called on the hub's loop with every metrics row (the watch's progress line)
         self.t_start = time.perf_counter()
 
     # --- thread body -------------------------------------------------------------
@@ -265,3 +266,5 @@ class Trainer(threading.Thread):
     def log_row(self, row: dict) -> None:
         self.metrics_file.write(json.dumps(row) + "\n")
         self.last_row = row
+        if self.on_row is not None:
+            self.loop.call_soon_threadsafe(self.on_row, row)

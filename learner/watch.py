@@ -3,13 +3,15 @@
 What it does, once per `WATCH_S` on the hub's event loop: show the stall monitor what it
 cannot see by itself (live peers, evaluation progress, groups waiting for the trainer,
 failed publishes) -> log each new stall warning -> on a stop bound, ask the service to
-stop the run (`request_stop(stalled(...))`) -> after every step, and every `[monitor]
-progress_every_s` while no step completes, log the progress line; rewrite
-`progress.json` (what `scca run` shows) every tick -> append new `weights_loaded` checks to
-`weights_sync.jsonl`, so they survive a learner that is killed.
+stop the run (`request_stop(stalled(...))`) -> every `[monitor] progress_every_s` while no
+step completes, log the progress line; rewrite `progress.json` (what `scca run` shows)
+every tick -> append new `weights_loaded` checks to
+`weights_sync.jsonl`, so they survive a learner that is killed. Besides, every metrics row
+of a step reaches `on_row` (the trainer hands it over on the hub's loop): one progress line
+per step, however fast steps come.
 
 What it does not do: it never stops the trainer itself and never touches the ledger
-beyond counting dropped rows (after a step, at most every DROPS_REFRESH_S otherwise).
+beyond counting dropped rows (for each line, and at most every DROPS_REFRESH_S otherwise).
 """
 
 from __future__ import annotations
@@ -66,10 +68,10 @@ class Watch:
                  request_stop: Callable[[StopReason], None]):
         self.cfg, self.run_dir, self.hub, self.trainer, self.monitor = cfg, Path(run_dir), hub, trainer, monitor
         self.request_stop = request_stop
+        trainer.on_row = self.on_row  # a progress line for every step, however fast they come
         self.synced = [0]
         self.t0 = time.monotonic()
         self.step0 = trainer.state["step"]
-        self.last_step = -1
         self.last_line = 0.0
         self.heldout: list[float] = []
         self.eval_version = None
@@ -92,16 +94,27 @@ class Watch:
             self.stopped = stop.condition
             self.request_stop(stalled(stop.message))
         now = time.monotonic()
-        step = self.trainer.state["step"]
-        stepped = step != self.last_step
-        if stepped or now - self.dropped_at >= DROPS_REFRESH_S:
+        line_due = now - self.last_line >= self.cfg.monitor.progress_every_s  # no step for a while: say so anyway
+        if line_due or now - self.dropped_at >= DROPS_REFRESH_S:
             self.dropped, self.dropped_at = self.hub.ledger.dropped_reasons(), now
         fields = self.fields(now)
         write_atomic(self.run_dir / "progress.json", json.dumps(fields))
-        if stepped or now - self.last_line >= self.cfg.monitor.progress_every_s:
-            self.last_step, self.last_line = step, now
+        if line_due:
+            self.last_line = now
             log.info("progress: %s", format_line(fields))
         flush_sync_events(self.run_dir, self.hub, self.synced)
+
+    def on_row(self, row: dict) -> None:
+        """The trainer's metrics row of a step (on the hub's loop): its progress line."""
+        if "loss" not in row:
+            return
+        now = time.monotonic()
+        self.dropped, self.dropped_at = self.hub.ledger.dropped_reasons(), now
+        state = {**self.trainer.state, "step": row["step"], "samples_trained": row["samples_trained"]}
+        fields = self.fields(now, state, row)
+        write_atomic(self.run_dir / "progress.json", json.dumps(fields))
+        self.last_line = now
+        log.info("progress: %s", format_line(fields))
 
     def observe(self) -> None:
         actors, verifiers, quarantined = live_peers(self.hub)
@@ -127,9 +140,9 @@ class Watch:
             return "waiting for " + ("actors" if not actors else "verifiers")
         return "training"
 
-    def fields(self, now: float) -> dict:
-        state = self.trainer.state
+    def fields(self, now: float, state: dict | None = None, row: dict | None = None) -> dict:
+        state = state or self.trainer.state
         actors, verifiers, _ = live_peers(self.hub)
-        return progress_fields(state, self.trainer.last_row, self.cfg.learner.max_steps, self.heldout, self.dropped,
-                               (actors, verifiers), now - self.t0, state["step"] - self.step0,
+        return progress_fields(state, row or self.trainer.last_row, self.cfg.learner.max_steps, self.heldout,
+                               self.dropped, (actors, verifiers), now - self.t0, state["step"] - self.step0,
                                self.status(actors, verifiers))

@@ -64,14 +64,16 @@ ACTOR_STOP_S = 9.0  # > work_lease_s: the actor comes back after its lease ran o
 
 def _frozen_holding(pid: int, run_dir: Path, peer: str, state: str, timeout: float = 120) -> list[str]:
     """SIGSTOP `pid` at a moment the ledger shows it holding work in `state`; the ids."""
+    query = "SELECT item_id FROM items WHERE state=? AND peer=?"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        os.kill(pid, signal.SIGSTOP)
-        held = [r[0] for r in ledger(run_dir, "SELECT item_id FROM items WHERE state=? AND peer=?", (state, peer))]
-        if held:
-            return held
-        os.kill(pid, signal.SIGCONT)
-        time.sleep(0.05)
+        if ledger(run_dir, query, (state, peer)):
+            os.kill(pid, signal.SIGSTOP)
+            held = [r[0] for r in ledger(run_dir, query, (state, peer))]  # frozen: only the hub can move them now
+            if held:
+                return held
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
     raise AssertionError(f"{peer} never held work in state {state}")
 
 

@@ -121,21 +121,22 @@ def test_without_a_terminal_progress_is_plain_lines_and_warnings_are_echoed(tmp_
 
     from deploy.progress import ProgressView
 
-    cfg = parse_config({"monitor": {"progress_every_s": 3600}})
+    cfg = parse_config({})
     (tmp_path / "logs").mkdir()
     log = tmp_path / "logs" / "learner.log"
-    log.write_text("2024 learner WARNING from an earlier session\n")
+    log.write_text("2024-01-01 10:00:00,000 learner WARNING from an earlier session\n")
     view = ProgressView(tmp_path, cfg, Console(stderr=True), log_offset=log.stat().st_size, tty=False)
     fields = progress_fields({"step": 1, "samples_trained": 16}, {"samples_per_s": 2.0, "reward_mean": 0.25}, 10,
                              [], {"no_signal": 5}, (1, 1), 8.0, 1, "training")
-    (tmp_path / "progress.json").write_text(json.dumps(fields))
+    line1 = format_line(fields)
+    fields["step"] = 2
     with open(log, "a") as f:
-        f.write("2024 learner INFO progress: ...\n2024 watch WARNING stall warning (no_signal): 64 groups\n2024 half")
+        f.write(f"2024-01-01 10:00:01,000 learner INFO progress: {line1}\n"
+                "2024-01-01 10:00:02,000 learner WARNING stall warning (no_signal): 64 groups\n2024 half")
     with view:
         view.update()
-        view.update()  # same step, not due: no second line
-        fields["step"] = 2
-        (tmp_path / "progress.json").write_text(json.dumps(fields))
+        with open(log, "a") as f:
+            f.write(f" line\n2024-01-01 10:00:03,000 learner INFO progress: {format_line(fields)}\n")
         view.update()
         view.child_exited("actor-0", 0, log)  # a normal end is not reported
         vlog = tmp_path / "logs" / "verifier-1.log"
@@ -143,9 +144,9 @@ def test_without_a_terminal_progress_is_plain_lines_and_warnings_are_echoed(tmp_
         view.child_exited("verifier-1", -9, vlog)
         view.child_exited("verifier-1", -9, vlog)  # once
     err = capsys.readouterr().err.splitlines()
-    progress = [line for line in err if "| samples 16 (2.0/s) | reward 0.250 |" in line]
-    assert [line.split(" ", 2)[2][:9] for line in progress] == ["step 1/10", "step 2/10"]
-    assert "2024 watch WARNING stall warning (no_signal): 64 groups" in err
+    assert err[0] == f"2024-01-01 10:00:01 {line1}"
+    assert err[1] == "2024-01-01 10:00:02,000 learner WARNING stall warning (no_signal): 64 groups"
+    assert err[2].startswith("2024-01-01 10:00:03 step 2/10 | samples 16 (2.0/s) | reward 0.250 |")
     assert not any("earlier session" in line or "half" in line for line in err)
     assert sum("verifier-1 killed by SIGKILL: scoring" in line for line in err) == 1
     assert not any("actor-0" in line for line in err)
