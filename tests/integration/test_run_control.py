@@ -60,7 +60,7 @@ def test_a_run_without_learning_signal_warns_then_stops_with_exit_3(bootstrap_di
 
 def test_a_run_without_a_verifier_stops_on_the_peer_bound(bootstrap_dir, tmp_path):
     rc, out, summary, learner_log = _stalled_run(tmp_path, {
-        "verifier": {"count": 0}, "monitor": {"no_peer_warn_s": 3.0, "no_peer_stop_s": 8.0, "progress_every_s": 1.0}})
+        "verifier": {"count": 0}, "monitor": {"no_peer_warn_s": 10.0, "no_peer_stop_s": 25.0, "progress_every_s": 1.0}})
     assert rc == 3 and summary["stop_reason"] == "stalled"
     assert "no live verifier was connected for" in summary["stop_message"] and "scca verifier" in summary["stop_message"]
     assert "stall warning (no_verifier)" in learner_log and "stall warning (no_verifier)" in out
