@@ -312,13 +312,18 @@ class Hub:
                                policy_version=self.version, prompts=prompts, group_size=k, sampling=eval_sampling,
                                eval=True)
             peer.credit -= 1
-        while self._window_open() and self._actors():
+        # re-sends first: they are in flight already, so a full window never holds them back (a
+        # resumed run, or one whose actors all died, has nothing in flight but them)
+        while self.training_open and (self.retry or self._window_open()) and self._actors():
             peer = self._actors()[0]
             item_id, prompt_id = self._next_item()
-            if self.ledger.state(item_id) is None:
+            state = self.ledger.state(item_id)
+            if state is None:
                 self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version)
-            else:
+            elif state == "dispatched":
                 self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
+            else:
+                continue  # a late copy moved it on while it waited: nothing to re-send
             row = self.rows[prompt_id]
             await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
                                prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=a.group_size,
