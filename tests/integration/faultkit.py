@@ -89,6 +89,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def metrics_port(run_dir: Path, name: str) -> int:
+    """/metrics port of a service, from the last `metrics on :PORT` of its log (a resumed
+    run appends a new session to the same log)."""
+    return int(re.findall(r"metrics on :(\d+)", (run_dir / "logs" / f"{name}.log").read_text(errors="replace"))[-1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
