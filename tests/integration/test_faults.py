@@ -370,7 +370,8 @@ def fault_ledger_lock(run_dir: Path, learner) -> dict:
 def fault_corrupt_snapshot(run_dir: Path, actors: list, learner) -> dict:
     """6: a snapshot file corrupted on disk before the actors load it: both are frozen
     while a new version is written, its model.safetensors gets flipped bytes, then they go
-    on. Each must refuse it (checksum), keep serving its weights, and load the next one."""
+    on (the learner frozen meanwhile, so no newer snapshot overtakes it). Each must refuse
+    it (checksum), keep serving its weights, and load the next good one."""
     weights = run_dir / "weights"
     tmp = wait_for(lambda: [p.name for p in weights.iterdir() if p.name.startswith(".tmp-v")], 300, "a publish",
                    learner, poll=0.002)
@@ -392,9 +393,16 @@ def fault_corrupt_snapshot(run_dir: Path, actors: list, learner) -> dict:
                 f.write(b"\xde\xad\xbe\xef" * 4)
             corrupted.append(int(folder.name[1:]))
     assert corrupted, f"nothing new to corrupt (v{first} was being written)"
+    os.kill(learner.pid, signal.SIGSTOP)  # no newer snapshot may overtake the corrupted one in their queues
     for a in actors:
         os.kill(a.pid, signal.SIGCONT)
     t = time.time()
+    try:
+        refusal = f"refusing weights v{max(corrupted)}: corrupted: model.safetensors sha256 mismatch"
+        wait_for(lambda: all(refusal in (run_dir / "logs" / f"actor-{i}.log").read_text(errors="replace")
+                             for i in range(len(actors))), 60, "both actors to refuse the corrupted snapshot")
+    finally:
+        os.kill(learner.pid, signal.SIGCONT)
 
     def recovered() -> bool:
         later = [e for e in read_jsonl(run_dir / "weights_sync.jsonl") if e["ok"] and e["time"] > t
