@@ -5,8 +5,8 @@ What it does: runs the checks in `CHECKS` in order, each a small named function 
 detail)` lines, status one of `ok`, `warn`, `fail`. Checked: the config is valid (file
 and line of any problem); this machine (python, torch, cores); the model folder loads;
 the tokenizer round-trips the prompts, has an eos token and a pad token; the data files
-parse (the learner's own readers, file and line of the first bad row); the sandbox runs
-a tiny program and its network is loopback only; the hub address and the metrics port
+parse (the learner's own readers, file and line of the first bad row); the sandbox's
+self-check (a program and a test run, network blocked, kernel limits); the hub address and the metrics port
 can be bound; the disk holds the snapshots and checkpoint the run will write; vLLM
 imports if chosen; CUDA (and bf16) work if asked. Ends with a verdict line; the exit
 status is 1 if any check failed, else 0.
@@ -29,17 +29,6 @@ from pathlib import Path
 from protocol.config import ConfigError, RunConfig, load_config
 
 Line = tuple[str, str]  # (status, detail)
-SANDBOX_PROGRAM = "print(6 * 7)"
-NETWORK_PROBE = """
-import socket
-names = sorted(name for _, name in socket.if_nameindex())
-try:
-    socket.create_connection(("1.1.1.1", 53), timeout=2).close()
-    reach = "open"
-except OSError:
-    reach = "blocked"
-print(reach, ",".join(names))
-"""
 DISK_MARGIN = 2.0  # warn below this many times the bytes a run will write
 SNAPSHOT_SPARE = 2  # snapshots on disk beyond `keep_snapshots` (the one being written, the one being pruned)
 
@@ -137,28 +126,31 @@ def check_tokenizer(ctx: Context) -> list[Line]:
 
 
 def check_sandbox(ctx: Context) -> list[Line]:
-    from verifiers.sandbox import SandboxUnavailable, run_python, sandbox_mode
+    """The sandbox's own self-check (verifiers.sandbox.self_check): a tiny program and a
+    tiny test run, the network is blocked, no user namespace can be made, and whether the
+    kernel limits (cgroup, seccomp) are there. Failures are fatal only for the code task."""
+    from verifiers.sandbox import require, self_check
 
-    mode = sandbox_mode()
-    needed = ctx.cfg.task.name == "code"
-    if mode == "none" and os.environ.get("SCCA_ALLOW_UNSANDBOXED") != "1":
-        return [("fail" if needed else "warn", "no sandbox works here (bubblewrap or unshare as root): the code "
-                 "task cannot run" + ("" if needed else "; not needed by this task"))]
-    try:
-        r = run_python(SANDBOX_PROGRAM, label="scca-doctor")
-        net = run_python(NETWORK_PROBE, label="scca-doctor")
-    except SandboxUnavailable as exc:
-        return [("fail" if needed else "warn", str(exc))]
-    out = [("ok", f"mode {mode}: ran a program ({r.wall_s:.2f}s)") if r.stdout.strip() == "42"
-           else ("fail", f"mode {mode}: a tiny program failed (exit {r.returncode}): {r.stderr.strip()[-200:]}")]
-    reach, _, names = net.stdout.strip().partition(" ")
-    if mode == "none":
-        out.append(("warn", "unsandboxed (SCCA_ALLOW_UNSANDBOXED=1): the network is not blocked"))
-    elif reach == "blocked" and names in ("", "lo"):
-        out.append(("ok", f"network blocked, interfaces: {names or 'none'} (loopback only)"))
+    cfg = ctx.cfg
+    needed = cfg.task.name == "code"
+    bad = "fail" if needed else "warn"
+    why = "" if needed else " (the code task needs it; this task does not)"
+    r = self_check(cfg.verifier.accept_weak_sandbox)
+    if not r["ran"]:
+        return [(bad, f"mode {r['mode']}: no program ran in the sandbox: {r['error']}{why}")]
+    out = [("ok", f"mode {r['mode']}: ran a program and a test (reward {r['test_reward']:g})")
+           if r["test_reward"] == 1.0 else (bad, f"mode {r['mode']}: a passing test scored {r['test_reward']:g}{why}")]
+    out.append(("ok", "network blocked (tcp4, tcp6), no user namespace") if r["network_blocked"] and r["userns_blocked"]
+               else ("fail", f"the sandbox is open: network blocked {r['network_blocked']}, "
+                             f"user namespace blocked {r['userns_blocked']}"))
+    if r["complete"]:
+        out.append(("ok", f"kernel limits: cgroup {r['cgroup']}, seccomp"))
     else:
-        out.append(("fail", f"network not blocked in the sandbox ({reach or net.stderr.strip()[-200:]}, "
-                            f"interfaces {names})"))
+        try:
+            strength = require(cfg.verifier.accept_weak_sandbox)
+            out.append(("warn", f"weak sandbox accepted ({strength}): missing " + "; ".join(r["missing"])))
+        except Exception as exc:  # noqa: BLE001 - SandboxUnavailable, reported as the check's result
+            out.append((bad, f"{exc}{why}"))
     return out
 
 

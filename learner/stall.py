@@ -37,7 +37,7 @@ CAUSES = {
     "no_signal_stale": "actors generate with old weights: they cannot load new snapshots (a full disk, see the "
                        "publish errors; quarantined actors) or generate slower than [loss] max_lag allows",
     "no_verified": "verifiers are missing, stuck or slower than their jobs arrive (logs/verifier-*.log, [verifier] "
-                   "job_timeout_s), or actors generate nothing (logs/actor-*.log)",
+                   "completion_timeout_s), or actors generate nothing (logs/actor-*.log)",
     "no_actor": "actors crashed, were quarantined (weights_sync.jsonl) or cannot reach the learner's address "
                 "(logs/actor-*.log); start one with `scca actor CONFIG --connect ADDRESS`",
     "no_verifier": "verifiers crashed or cannot reach the learner's address (logs/verifier-*.log); start one with "

@@ -94,7 +94,7 @@ def fault_verifier_kill(run_dir: Path, proc) -> dict:
 
 def fault_scorer_hang(run_dir: Path, proc) -> dict:
     """4: the scorer of verifier-0 hangs (SIGSTOP of its worker process): the job times out
-    after [verifier] job_timeout_s, the stuck worker is replaced, scoring goes on."""
+    after [verifier] completion_timeout_s, the stuck worker is replaced, scoring goes on."""
     pid = pid_of(str(run_dir), "verifier-0")
     port = metrics_port(run_dir, "verifier-0")
     workers = wait_for(lambda: children_of(pid, b"spawn_main"), 60, "a scorer worker", proc)
@@ -232,7 +232,7 @@ def fault_flood(address: str, run_dir: Path, proc) -> dict:
 def run_a(bootstrap_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("fault-a") / "run"
     cfg = merge(LEAN, {"learner": {"max_steps": STEPS_A}, "hub": HUB_A,
-                        "verifier": {"count": 2, "job_timeout_s": 4.0}})
+                        "verifier": {"count": 2, "completion_timeout_s": 4.0}})
     log = run_dir.parent / "launcher.log"
     proc = scca("run", "deploy/default.toml", "--out", str(run_dir), *sets(**cfg), log=log)
     facts, resumed = {}, None
@@ -296,7 +296,7 @@ def test_fault_1_verifier_killed_mid_job(run_a):
 
 def test_fault_4_scorer_slower_than_its_job_timeout(run_a):
     f = run_a["scorer_hang"]
-    assert f["timeouts"] >= 1 and f["timed_out_s"] < 4.0 + 10  # job_timeout_s, plus the next job's arrival
+    assert f["timeouts"] >= 1 and f["timed_out_s"] < 4.0 + 10  # completion_timeout_s, plus the next job's arrival
     assert f["worker"] not in f["new_workers"]
     numbers = check_accounting(run_a["dir"])
     _report("4 scorer past job timeout", timeouts=f["timeouts"], timed_out_after_s=round(f["timed_out_s"], 1),
