@@ -8,7 +8,10 @@ the learner rendered (protocol/prompts.py; the text, encoded raw, where a work m
 none) and answered with one
 `rollout_group` per prompt, stamped with the weights version and digest; a weights
 message reloads in place after checksum verification (several queued ones collapse to
-the newest). A learner silent for `peer_timeout_s` means reconnect and say hello again.
+the newest). A learner silent for `peer_timeout_s` means reconnect and say hello again;
+a learner that answers `not_registered` (it restarted, or dropped us while we were
+stopped) gets a new hello at once. The actor keeps trying for as long as the learner is
+merely gone, and exits 0 when the learner says the run is over (`run_over`).
 
 What it does not do: it never sees answers or rewards, keeps no state worth saving (a
 crash loses only work the learner's leases re-dispatch), and it does not fetch weight
@@ -62,6 +65,7 @@ class Actor:
         self.stopping = asyncio.Event()
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
         self.remote = RemoteWeights(Path(cfg.actor.weights_dir), self.ep.send) if cfg.actor.weights_dir else None
+        self.run_id: str | None = None  # from the learner's welcome
 
     async def run(self) -> None:
         self.ep.start_heartbeats()
@@ -91,6 +95,7 @@ class Actor:
     async def on_message(self, msg: dict) -> None:
         kind = msg["kind"]
         if kind == "welcome":
+            self.run_id = msg["run_id"]
             if msg["weights"] is not None:
                 self.queue.append({"kind": "weights_published", **msg["weights"]})
             self.wakeup.set()
@@ -100,11 +105,17 @@ class Actor:
             self.wakeup.set()
         elif kind == "weights_chunk" and self.remote is not None:
             self.remote.chunks.put_nowait(msg)
+        elif kind == "run_over" and msg["run_id"] in (self.run_id, None):
+            log.info("learner says the run is over (%s): %s; exiting", msg["reason"], msg["message"])
+            self.stopping.set()
         elif kind == "error":
             if msg["code"] == "weights_unavailable" and self.remote is not None:
                 self.remote.chunks.put_nowait(msg)  # fails the fetch now instead of at its timeout
             ERRORS.labels(msg["code"]).inc()
             log.warning("learner says %s: %s", msg["code"], msg["message"])
+            if msg["code"] == "not_registered":  # the learner restarted or dropped us: join again
+                self.queue.clear()
+                await self.say_hello()
         # heartbeat and ack need no action: any message proves the learner is alive
 
     async def work_loop(self) -> None:

@@ -10,7 +10,11 @@
   scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL (math: GSM8K-style)
   scca data math --from gsm8k.jsonl --out FILE   convert your file into the learner's prompt file
   scca make-model --arch qwen2 --out DIR         a small random model folder of a real architecture
-  scca doctor                                    what this machine can run
+  scca doctor [CONFIG] [--set k=v] [--out DIR]   preflight: one ok/warn/fail line per check
+
+Exit codes of run and learner: 0 budget spent; 1 failed; 2 bad input (config, data,
+folders; named with file and line); 3 stalled (see [monitor]); 130 / 143 stopped by
+SIGINT / SIGTERM after a checkpoint (continue with `scca run --resume RUN_DIR`).
 
 What it does not do: no remote launching (start services on other hosts with `scca actor`).
 """
@@ -22,9 +26,12 @@ import os
 # Several torch processes share the cores: OpenMP threads must sleep, not spin, while they
 # wait (spinning made 2-thread steps 5-8x slower on 2 busy cores). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Logs are read as plain lines (nohup, Slurm, CI, `scca run`'s report): no progress bars.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -33,6 +40,8 @@ from pathlib import Path  # noqa: E402
 from protocol.config import ConfigError, RunConfig, load_config  # noqa: E402
 from protocol.dataset import DatasetError  # noqa: E402
 from verifiers.tasks.jsonl import JsonlError  # noqa: E402
+
+EXIT_BAD_INPUT = 2
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
@@ -90,18 +99,27 @@ def cmd_bootstrap(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from deploy.launcher import run
-    from deploy.preflight import check_reward
+    from deploy.launcher import RunStopped, run
+    from deploy.preflight import check_inputs, check_reward, check_run_dir
 
     if args.resume:
+        if args.config or args.set or args.out:
+            raise ConfigError("--resume continues RUN_DIR with its own config.json: drop CONFIG, --set and --out")
         run_dir = Path(args.resume)
+        check_run_dir(run_dir, resume=True)
         cfg = load_config(run_dir / "config.json")
     else:
         cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
         run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+        check_run_dir(run_dir, resume=False)
     check_reward(cfg)  # a broken plug-in path fails now, in one line, not after a bootstrap
+    check_inputs(cfg)  # every data file read now: a bad row is named before any process starts
     ensure_bootstrap(cfg)
-    summary = run(cfg, run_dir, resume=bool(args.resume))
+    try:
+        summary = run(cfg, run_dir, resume=bool(args.resume))
+    except RunStopped as exc:
+        print(f"scca: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(json.dumps(summary, indent=2))
     print(f"run folder: {run_dir}")
     return 0
@@ -121,10 +139,20 @@ def cmd_compare(args) -> int:
 
 
 def cmd_learner(args) -> int:
-    from learner.service import main
+    cfg = load_config(args.config, parse_sets(args.set))
+    if args.resume and not (Path(args.run_dir) / "checkpoint" / "state.json").is_file():
+        raise ConfigError(f"{Path(args.run_dir) / 'checkpoint'}: no checkpoint to resume from (the run stopped "
+                          "before its first one): start without --resume")
+    from learner.service import main  # torch loads only once the input is known to be good
 
-    main(load_config(args.config, parse_sets(args.set)), Path(args.run_dir), resume=args.resume)
-    return 0
+    summary = main(cfg, Path(args.run_dir), resume=args.resume)
+    # Everything is on disk (summary, checkpoint, ledger, metrics): exit now. The interpreter's
+    # final garbage collection over torch and transformers takes 10 s on 2 busy cores, and
+    # `scca run` stops actors and verifiers only once the learner has exited.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(summary["exit_code"])
 
 
 def cmd_actor(args) -> int:
@@ -209,81 +237,89 @@ def cmd_make_model(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    import platform
+    from deploy.doctor import doctor
 
-    import torch
+    return doctor(args.config, parse_sets(args.set), Path(args.out) if args.out else None)
 
-    facts = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-             "cores": os.cpu_count(), "bwrap": shutil.which("bwrap"), "unshare": shutil.which("unshare")}
-    try:
-        import vllm  # noqa: F401
 
-        facts["vllm"] = vllm.__version__
-    except ImportError:
-        facts["vllm"] = None
-    print(json.dumps(facts, indent=2))
-    return 0
+SET_HELP = "override one config key, e.g. --set learner.max_steps=50 (value parsed as JSON, else a string); repeatable"
+
+
+def _add_service_parsers(sub) -> None:
+    for name in ("learner", "actor", "verifier"):
+        s = sub.add_parser(name, help=f"run one {name} service (to spread a run over hosts)")
+        s.add_argument("config", help="the run's TOML config (or the config.json of a run folder)")
+        s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+        if name == "learner":
+            s.add_argument("--run-dir", required=True,
+                           help="folder of the run: prompt files, ledger, snapshots, checkpoint, metrics, logs")
+            s.add_argument("--resume", action="store_true",
+                           help="continue from RUN_DIR/checkpoint (after Ctrl-C, SIGTERM or a crash)")
+        else:
+            s.add_argument("--connect", required=True, help="learner address, e.g. tcp://10.0.0.5:5555")
+            s.add_argument("--name", default=f"{name}-{int(time.time() * 1000) % 100000}",
+                           help="peer name in the learner's logs and ledger (unique per run)")
+            s.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0 = a free one)")
+        if name == "verifier":
+            s.add_argument("--workers", type=int, default=1, help="scorer worker processes")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("bootstrap", help="build and warm-start the tiny default model")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the model and its training data")
     b.add_argument("--task", default="arith", help="procedural task to warm-start on (arith, countdown)")
     b.add_argument("--out", help="default: .cache/scca/bootstrap-s0 (arith), .cache/scca/bootstrap-TASK-sSEED")
-    r = sub.add_parser("run", help="run every service on this machine")
-    r.add_argument("config", nargs="?")
-    r.add_argument("--out")
-    r.add_argument("--resume", metavar="RUN_DIR")
-    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    for name in ("learner", "actor", "verifier"):
-        s = sub.add_parser(name, help=f"run one {name} service")
-        s.add_argument("config")
-        s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-        if name == "learner":
-            s.add_argument("--run-dir", required=True)
-            s.add_argument("--resume", action="store_true")
-        else:
-            s.add_argument("--connect", required=True, help="learner address, e.g. tcp://10.0.0.5:5555")
-            s.add_argument("--name", default=f"{name}-{int(time.time() * 1000) % 100000}")
-            s.add_argument("--metrics-port", type=int, default=0)
-        if name == "verifier":
-            s.add_argument("--workers", type=int, default=1)
+    r = sub.add_parser("run", help="run every service on this machine",
+                       description="Start the learner, actors and verifiers of one run on this machine, show "
+                       "progress (a live table on a terminal, plain lines otherwise) and stop them all at the end. "
+                       "Ctrl-C checkpoints the current step; `scca run --resume RUN_DIR` continues from it.")
+    r.add_argument("config", nargs="?", help="TOML config (default: deploy/default.toml)")
+    r.add_argument("--out", help="new, empty run folder (default: runs/DATE-TIME); refused if it holds anything")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint, "
+                   "with its own config.json")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+    _add_service_parsers(sub)
     c = sub.add_parser("compare", help="credit variants x seeds: results.csv, results.md, accuracy.png")
-    c.add_argument("config", nargs="?")
+    c.add_argument("config", nargs="?", help="TOML config (default: deploy/default.toml)")
     c.add_argument("--methods", default="grpo,sc_kl,shuffled", help="comma list; grpo = uniform credit")
-    c.add_argument("--seeds", type=int, default=3)
-    c.add_argument("--out", required=True)
+    c.add_argument("--seeds", type=int, default=3, help="seeds per method")
+    c.add_argument("--out", required=True, help="folder of the comparison (one run folder per method and seed)")
     c.add_argument("--target", type=float, help="accuracy for samples_to_target (default: start + 0.10)")
-    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    d = sub.add_parser("data", help="write procedural prompts as JSONL")
-    d.add_argument("task")
-    d.add_argument("--n", type=int, default=1000)
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+    d = sub.add_parser("data", help="write procedural prompts as JSONL, or convert your file")
+    d.add_argument("task", help="task (arith, countdown, math, code)")
+    d.add_argument("--n", type=int, default=1000, help="rows to write")
     d.add_argument("--from", dest="source", metavar="FILE", help="math/code: convert your JSONL (GSM8K, MATH, "
                    "prompt/answer; field mapping as [task]) into the prompt file `scca learner` reads")
-    d.add_argument("--prompt-field", default="")
-    d.add_argument("--answer-field", default="")
-    d.add_argument("--split", default="train", choices=["train", "heldout"])
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--out", required=True)
+    d.add_argument("--prompt-field", default="", help="with --from: the field holding the prompt")
+    d.add_argument("--answer-field", default="", help="with --from: the field holding the answer")
+    d.add_argument("--split", default="train", choices=["train", "heldout"], help="which split to draw from")
+    d.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    d.add_argument("--out", required=True, help="JSONL file to write")
     d.add_argument("--max-number", type=int, default=20, help="math: largest number in a problem")
     d.add_argument("--kinds", default="add,sub,mul,two_step", help="math: problem kinds (add, sub, mul, two_step)")
     mm = sub.add_parser("make-model", help="a small random Qwen2/Llama/Gemma/Phi/... folder, built locally")
     mm.add_argument("--arch", default="qwen2", help="qwen2, qwen3, llama, mistral, gemma, gemma2, gemma3, phi, phi3, ...")
-    mm.add_argument("--out", required=True)
+    mm.add_argument("--out", required=True, help="model folder to write")
     mm.add_argument("--untied", action="store_true", help="separate output embedding (default: tied, as Qwen2.5-0.5B)")
-    mm.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    mm.add_argument("--seed", type=int, default=0)
-    mm.add_argument("--hidden", type=int, default=64)
-    mm.add_argument("--layers", type=int, default=2)
+    mm.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="saved dtype")
+    mm.add_argument("--seed", type=int, default=0, help="seed of the weights and the warm start")
+    mm.add_argument("--hidden", type=int, default=64, help="hidden size")
+    mm.add_argument("--layers", type=int, default=2, help="decoder layers")
     mm.add_argument("--warm-start", metavar="JSONL", help="math JSONL (e.g. from `scca data math`) to train the "
                     "tokenizer on and warm-start the model with")
     mm.add_argument("--steps", type=int, default=200, help="warm-start steps")
     mm.add_argument("--lr", type=float, default=2e-3, help="warm-start AdamW learning rate")
     mm.add_argument("--batch-size", type=int, default=32, help="warm-start examples per step")
-    mm.add_argument("--prompt-format", default="chat", choices=["raw", "chat"])
-    sub.add_parser("doctor", help="what this machine can run")
+    mm.add_argument("--prompt-format", default="chat", choices=["raw", "chat"], help="format of the warm start")
+    dr = sub.add_parser("doctor", help="preflight: check config, model, data, sandbox, ports, disk",
+                        description="One line per check, each starting with ok, warn or fail; exits 1 if any "
+                        "check fails. Without CONFIG it checks deploy/default.toml.")
+    dr.add_argument("config", nargs="?", help="TOML config to check (default: deploy/default.toml)")
+    dr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+    dr.add_argument("--out", help="run folder the run would write (for the disk-space check; default: runs/)")
     return p
 
 
@@ -296,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except (ConfigError, DatasetError, JsonlError) as exc:  # bad input: one line naming the key or file:line
         print(f"scca: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except FileNotFoundError as exc:
+        print(f"scca: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 What it does, top to bottom: prepare the run folder (prompt files, resolved config) ->
 start the learner -> wait for its `learner.json` (bound address) -> start the actors and
-verifiers, connected over TCP on loopback -> show live progress from `metrics.jsonl`
--> when the learner exits (budget spent) or on Ctrl-C / SIGTERM, stop every child
+verifiers, connected over TCP on loopback -> show progress from the learner's
+`progress.json` (a live table on a terminal, plain lines otherwise; deploy/progress.py)
+and report any service that dies with its last log lines -> pass Ctrl-C / SIGTERM on to
+the learner, which checkpoints and exits -> when the learner exits, stop every child
 (SIGTERM, then SIGKILL after a grace period) so no process outlives the run. Every child
-also gets PR_SET_PDEATHSIG, so even a killed launcher leaves no orphans.
+also gets PR_SET_PDEATHSIG, so even a killed launcher leaves no orphans. A learner that
+did not finish its budget raises `RunStopped` with its exit code and the one-line reason.
 
 What it does not do: no restarts of crashed children (the learner re-dispatches their
 work; restart them by hand or with an orchestrator), no remote hosts (run `scca actor
@@ -24,15 +27,16 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from deploy.preflight import check_prompts, check_reward
+from deploy.progress import ProgressView
+from deploy.report import exit_report
 from protocol.config import RunConfig
 from protocol.dataset import read_jsonl, write_jsonl
 
 STOP_GRACE_S = 20.0  # seconds a child gets to exit after SIGTERM before SIGKILL
 READY_TIMEOUT_S = 300.0  # the learner must bind within this
+SUPERVISE_S = 0.5  # how often the launcher looks at its children and the progress
 PR_SET_PDEATHSIG = 1
 
 console = Console(stderr=True)
@@ -120,11 +124,11 @@ def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
                             preexec_fn=_die_with_parent, env=env)
 
 
-def stop_all(procs: list[subprocess.Popen]) -> None:
+def stop_all(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     for p in procs:
         try:
             p.wait(max(0.1, deadline - time.monotonic()))
@@ -133,71 +137,95 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
-def wait_ready(run_dir: Path, learner: subprocess.Popen) -> dict:
+class RunStopped(RuntimeError):
+    """The learner did not finish its budget: the message says why (with its last log lines
+    unless it was interrupted), `exit_code` is the learner's, `summary` its summary.json."""
+
+    def __init__(self, message: str, exit_code: int, summary: dict | None = None):
+        super().__init__(message)
+        self.exit_code, self.summary = exit_code, summary
+
+
+def wait_ready(run_dir: Path, learner: subprocess.Popen, signals: list[int]) -> dict:
     deadline = time.monotonic() + READY_TIMEOUT_S
     ready = run_dir / "learner.json"
+    log_path = run_dir / "logs" / "learner.log"
     while time.monotonic() < deadline:
+        if signals:
+            raise RunStopped(f"interrupted by {signal.Signals(signals[0]).name} while the learner was starting",
+                             128 + signals[0])
         if learner.poll() is not None:
-            raise RuntimeError(f"learner exited with {learner.returncode} before binding; see {run_dir / 'logs' / 'learner.log'}")
+            raise RunStopped(exit_report("learner", learner.returncode, log_path), learner.returncode or 1)
         if ready.exists():
             return json.loads(ready.read_text())
         time.sleep(0.2)
-    raise TimeoutError(f"learner did not bind within {READY_TIMEOUT_S}s")
+    raise RunStopped(f"the learner did not bind within {READY_TIMEOUT_S:.0f}s\n"
+                     + exit_report("learner", 0, log_path, "still starting"), 1)
 
 
-def progress_table(run_dir: Path, cfg: RunConfig) -> Table:
-    rows = []
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    last = next((r for r in reversed(rows) if "loss" in r), {})
-    acc = [r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r]
-    lags = last.get("lags") or [0]
-    table = Table(title=f"scca run {run_dir.name}")
-    for col in ("step", "samples", "samples/s", "reward", "held-out acc", "lag (mean)", "dropped stale"):
-        table.add_column(col, justify="right")
-    table.add_row(
-        f"{last.get('step', 0)}/{cfg.learner.max_steps}", str(last.get("samples_trained", 0)),
-        f"{last.get('samples_per_s', 0.0):.1f}", f"{last.get('reward_mean', 0.0):.3f}",
-        " -> ".join(f"{a:.3f}" for a in acc[-3:]) or "-", f"{sum(lags) / len(lags):.2f}", str(last.get("dropped_stale", 0)),
-    )
-    return table
+def supervise(children: dict[str, subprocess.Popen], view: ProgressView, signals: list[int], logs: Path) -> None:
+    """Until the learner exits: show progress, report services that die, and pass the
+    first SIGINT/SIGTERM on to the learner (it checkpoints and exits 128 + N); a second
+    one stops every process at once."""
+    learner, forwarded = children["learner"], 0
+    while learner.poll() is None:
+        if len(signals) > forwarded:
+            if forwarded == 0:
+                learner.send_signal(signals[0])
+                view.say(f"{signal.Signals(signals[0]).name}: the learner checkpoints and stops "
+                         "(again to stop every process now)")
+            else:
+                stop_all(list(children.values()), grace_s=0.0)
+            forwarded = len(signals)
+        time.sleep(SUPERVISE_S)
+        view.update()
+        for name, p in children.items():
+            if name != "learner" and p.poll() is not None:
+                view.child_exited(name, p.returncode, logs / f"{name}.log")
+    view.update()
+
+
+def finish(run_dir: Path, learner: subprocess.Popen) -> dict:
+    """The learner's summary, or RunStopped with its exit code and the reason."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else None
+    rc = learner.returncode
+    if rc == 0 and summary is not None:
+        return summary
+    if summary is not None and summary.get("stop_reason") == "interrupted":
+        raise RunStopped(f"run interrupted ({summary['stop_message']}): scca run --resume {run_dir}", rc, summary)
+    reason = summary.get("stop_message") if summary else None
+    stopped = f"{summary['stop_reason']}: " if summary else ""
+    raise RunStopped(exit_report("learner", rc, run_dir / "logs" / "learner.log",
+                                 f"{stopped}{reason}" if reason else None), rc or 1, summary)
 
 
 def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Every service of a run on this machine; the learner's summary when it finished its
+    budget, else RunStopped (interrupted, stalled, failed)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         cfg = prepare_run(cfg, run_dir)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    (run_dir / "learner.json").unlink(missing_ok=True)
+    for old in ("learner.json", "progress.json", "summary.json"):  # files of an earlier session
+        (run_dir / old).unlink(missing_ok=True)
     cfg_path = str(run_dir / "config.json")
+    log_offset = (logs / "learner.log").stat().st_size if (logs / "learner.log").exists() else 0
     learner = spawn(["learner", cfg_path, "--run-dir", str(run_dir)] + (["--resume"] if resume else []), logs / "learner.log")
-    procs = [learner]
-    stop = {"asked": False}
-
-    def on_signal(signum, frame):
-        stop["asked"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children = {"learner": learner}
+    signals: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        address = wait_ready(run_dir, learner)["address"]
-        for i in range(cfg.actor.count):
-            procs.append(spawn(["actor", cfg_path, "--connect", address, "--name", f"actor-{i}"], logs / f"actor-{i}.log"))
-        for i in range(cfg.verifier.count):
-            procs.append(spawn(["verifier", cfg_path, "--connect", address, "--name", f"verifier-{i}"], logs / f"verifier-{i}.log"))
-        with Live(progress_table(run_dir, cfg), console=console, refresh_per_second=1, transient=False) as live:
-            while learner.poll() is None:
-                if stop["asked"]:
-                    learner.send_signal(signal.SIGTERM)
-                    stop["asked"] = False
-                time.sleep(1.0)
-                live.update(progress_table(run_dir, cfg))
+        address = wait_ready(run_dir, learner, signals)["address"]
+        for role, count in (("actor", cfg.actor.count), ("verifier", cfg.verifier.count)):
+            for i in range(count):
+                name = f"{role}-{i}"
+                children[name] = spawn([role, cfg_path, "--connect", address, "--name", name], logs / f"{name}.log")
+        with ProgressView(run_dir, cfg, console, log_offset) as view:
+            supervise(children, view, signals, logs)
     finally:
-        stop_all(procs)
+        stop_all(list(children.values()))
         for s, handler in old.items():
             signal.signal(s, handler)
-    summary_path = run_dir / "summary.json"
-    if learner.returncode != 0 or not summary_path.exists():
-        raise RuntimeError(f"learner exited with {learner.returncode}; see {logs / 'learner.log'}")
-    return json.loads(summary_path.read_text())
+    return finish(run_dir, learner)

@@ -15,7 +15,11 @@ What it does:
   mismatching actor (its work is re-dispatched, it gets no more);
 * runs held-out evaluations through the same actors and verifiers (greedy, or the mean
   of `eval_samples` samples at the training temperature);
-  serves snapshot chunks to actors without the shared filesystem (weights_server.py).
+  serves snapshot chunks to actors without the shared filesystem (weights_server.py);
+* counts valid but unwanted messages (a kind the learner does not take, a role sending
+  another role's message, results for work it never sent) in `unwanted`, changes no
+  state for them, and answers them with at most one `error` per peer per
+  `ERROR_REPLY_S` (a flood is not echoed back).
 
 What it does not do: it never computes gradients (the trainer thread does) and never
 reads answers except to pass `meta` on to verifiers.
@@ -45,6 +49,10 @@ log = logging.getLogger("scca.hub")
 CANARY_TOL = 1e-3  # |canary logprob difference| above this quarantines an actor
 EVAL_CHUNK = 50  # held-out samples per eval work message (prompts x eval_samples)
 HOUSEKEEPING_S = 0.5  # period of the lease / liveness sweep
+ERROR_REPLY_S = 1.0  # at most one error reply per peer identity this often
+MAX_PEERS = 4096  # registered peers; a hello beyond this is refused as unwanted
+ROLE_KINDS = {"actor": {"work_request", "rollout_group", "weights_loaded", "weights_fetch", "error"},
+              "verifier": {"work_request", "verdicts", "error"}}  # what each role may send after hello
 
 
 @dataclasses.dataclass
@@ -56,6 +64,7 @@ class Peer:
     last_seen: float = 0.0
     version: int = -1
     quarantined: bool = False
+    max_credit: int = 0  # slots of its last work_request: verdicts never raise credit above it
 
 
 @dataclasses.dataclass
@@ -105,6 +114,9 @@ class Hub:
         self.digest_ok = 0
         self.sync_events: list[dict] = []  # every weights_loaded, checked (written to weights_sync.jsonl)
         self.digest_bad = 0
+        self.weights_refused = 0  # bad_weights errors: an actor refused a snapshot (checksum)
+        self.unwanted: collections.Counter[str] = collections.Counter()  # reason -> valid but unwanted messages
+        self._replied: dict[bytes, float] = {}  # identity -> last error reply (rate limit)
 
     # --- main loop -----------------------------------------------------------------
     async def serve(self) -> None:
@@ -125,18 +137,28 @@ class Hub:
         if kind == "hello":
             return await self._on_hello(identity, msg)
         if peer is None:
-            await self.ep.send(identity, "error", code="not_registered", message=f"send hello before {kind}")
-            return
+            return await self._unwanted(identity, "not_registered", f"send hello before {kind}")
         if kind == "heartbeat":
             return None  # any message is a heartbeat: last_seen is already updated
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is None:
-            await self.ep.send(identity, "error", code="unexpected_kind", message=f"the learner does not take {kind!r}")
+        if kind not in ROLE_KINDS[peer.role]:
+            return await self._unwanted(identity, "unexpected_kind", f"the learner does not take {kind!r} from a {peer.role}")
+        await getattr(self, f"_on_{kind}")(peer, msg)
+
+    async def _unwanted(self, identity: bytes, reason: str, text: str) -> None:
+        """Count a valid but unwanted message; answer it at most once per ERROR_REPLY_S."""
+        self._count_unwanted(reason)
+        now = time.monotonic()
+        if now - self._replied.get(identity, -ERROR_REPLY_S) < ERROR_REPLY_S:
             return
-        await handler(peer, msg)
+        if len(self._replied) > MAX_PEERS:
+            self._replied.clear()
+        self._replied[identity] = now
+        await self.ep.send(identity, "error", code=reason, message=text)
 
     # --- handlers ------------------------------------------------------------------
     async def _on_hello(self, identity: bytes, msg: dict) -> None:
+        if identity not in self.peers and len(self.peers) >= MAX_PEERS:
+            return await self._unwanted(identity, "too_many_peers", f"the learner holds {MAX_PEERS} peers already")
         self.ep.unreachable.discard(identity)
         old = self.peers.pop(identity, None)
         if old is not None:
@@ -149,16 +171,17 @@ class Hub:
     async def _on_error(self, peer: Peer, msg: dict) -> None:
         log.warning("peer %s reported error %s: %s", peer.name, msg["code"], msg["message"])
         M.PEER_ERRORS.inc()
+        if msg["code"] == "bad_weights":
+            self.weights_refused += 1
 
     async def _on_work_request(self, peer: Peer, msg: dict) -> None:
-        peer.credit = msg["slots"]
+        peer.credit = peer.max_credit = msg["slots"]
         await self.pump()
 
     async def _on_weights_loaded(self, peer: Peer, msg: dict) -> None:
         expected = self.expected.get(msg["version"])
         if expected is None:
-            await self.ep.send(peer.identity, "error", code="unknown_version", message=f"version {msg['version']} was never published")
-            return
+            return await self._unwanted(peer.identity, "unknown_version", f"version {msg['version']} was never published")
         digest, canary = expected
         ok = msg["digest"] == digest and abs(msg["canary_logprob"] - canary) <= CANARY_TOL
         self.sync_events.append({"peer": peer.name, "version": msg["version"], "digest": msg["digest"], "expected_digest": digest,
@@ -189,21 +212,23 @@ class Hub:
                            offset=msg["offset"], size=size, data=data)
 
     async def _on_rollout_group(self, peer: Peer, msg: dict) -> None:
-        await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])
-        if peer.quarantined:
-            return
-        if msg["work_id"].startswith("eval-"):
-            self._on_eval_rollout(msg)
-        else:
-            self._on_train_rollout(peer, msg)
+        wanted = True
+        if not peer.quarantined:
+            on = self._on_eval_rollout if msg["work_id"].startswith("eval-") else self._on_train_rollout
+            wanted = on(msg) is not False
+        if wanted:  # work the learner never sent is counted, not acked
+            await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])
         await self.pump()
 
-    def _on_train_rollout(self, peer: Peer, msg: dict) -> None:
+    def _on_train_rollout(self, msg: dict) -> bool | None:
         item_id = msg["work_id"]
         expected = self.expected.get(msg["weights_version"])
         if expected is None or expected[0] != msg["weights_digest"]:
             M.DIGEST_MISMATCH.inc()
             return  # unverifiable weights: the lease will re-dispatch this item
+        row = self.rows.get(msg["prompt_id"])
+        if row is None or item_id.rsplit("@", 1)[0] != row["id"] or len(msg["samples"]) != self.cfg.actor.group_size:
+            return self._count_unwanted("unknown_work")
         if not self.ledger.generated(item_id, self.cfg.hub.verify_lease_s):
             M.DUPLICATES.inc()
             return
@@ -213,35 +238,51 @@ class Hub:
         self.verify_queue.append(item_id)
         M.observe_rollout(msg)
 
-    def _on_eval_rollout(self, msg: dict) -> None:
+    def _on_eval_rollout(self, msg: dict) -> bool | None:
         ev = self.eval
         if ev is None or msg["weights_version"] != ev["version"] or msg["prompt_id"] in ev["texts"]:
             return
+        if msg["prompt_id"] not in ev["rows"] or len(msg["samples"]) != self.cfg.learner.eval_samples:
+            return self._count_unwanted("unknown_work")
         ev["texts"][msg["prompt_id"]] = [s["text"] for s in msg["samples"]]
         ev["progress"] = time.monotonic()
         self.verify_queue.append(f"eval-{ev['version']}-{msg['prompt_id']}")
 
     async def _on_verdicts(self, peer: Peer, msg: dict) -> None:
-        peer.credit += 1
+        peer.credit = min(peer.credit + 1, peer.max_credit)  # unsolicited verdicts never inflate it
         job_id = msg["job_id"]
         if job_id.startswith("eval-"):
             ev = self.eval
-            pid = job_id.split("-", 2)[2]
-            if ev is not None and job_id.startswith(f"eval-{ev['version']}-") and pid not in ev["rewards"]:
+            version, _, pid = job_id[len("eval-"):].partition("-")
+            if not version.isdigit() or not pid:
+                return self._count_unwanted("unknown_job")
+            if ev is not None and int(version) == ev["version"] and pid not in ev["rewards"]:
+                if pid not in ev["texts"] or len(msg["rewards"]) != len(ev["texts"][pid]):
+                    return self._count_unwanted("unknown_job")
                 ev["rewards"][pid] = list(msg["rewards"])
                 ev["progress"] = time.monotonic()
                 if len(ev["rewards"]) == len(self.heldout):
                     ev["done"].set()
         else:
             group = self.pending.get(job_id)
+            if group is not None and len(msg["rewards"]) != len(group.samples):
+                return self._count_unwanted("unknown_job")  # not an answer to the job we sent
             if group is not None and self.ledger.scored(job_id):
                 del self.pending[job_id]
                 group.rewards, group.details = msg["rewards"], msg["details"]
                 M.observe_verdicts(msg)
                 self.to_trainer.put(group)
+            elif self.ledger.state(job_id) is None:
+                return self._count_unwanted("unknown_job")
             else:
                 M.DUPLICATES.inc()
         await self.pump()
+
+    def _count_unwanted(self, reason: str) -> bool:
+        """Count a valid but unwanted message (no reply); False, so handlers can return it."""
+        self.unwanted[reason] += 1
+        M.UNWANTED.labels(reason).inc()
+        return False
 
     # --- dispatch ------------------------------------------------------------------
     def _window(self) -> int:
@@ -284,13 +325,18 @@ class Hub:
                                policy_version=self.version, prompts=prompts, group_size=k, sampling=eval_sampling,
                                eval=True)
             peer.credit -= 1
-        while self._window_open() and self._actors():
+        # re-sends first: they are in flight already, so a full window never holds them back (a
+        # resumed run, or one whose actors all died, has nothing in flight but them)
+        while self.training_open and (self.retry or self._window_open()) and self._actors():
             peer = self._actors()[0]
             item_id, prompt_id = self._next_item()
-            if self.ledger.state(item_id) is None:
+            state = self.ledger.state(item_id)
+            if state is None:
                 self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version)
-            else:
+            elif state == "dispatched":
                 self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
+            else:
+                continue  # a late copy moved it on while it waited: nothing to re-send
             row = self.rows[prompt_id]
             await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
                                prompts=[_wire_prompt(row)], group_size=a.group_size,

@@ -7,6 +7,10 @@ past it are returned by `expired()` so the hub re-dispatches them (same item id,
 reported as such and ignored. `counts()` gives the invariant
 `dispatched == trained + dropped + in_flight` (in_flight = dispatched|generated|scored).
 A `meta` table keeps small run facts (the prompt cursor, the weights version).
+Fault policy for a database locked by another process (a backup, an `sqlite3` shell): a
+statement waits for the lock up to `LOCK_WAIT_S` (SQLite's busy handler), a wait longer
+than `SLOW_WAIT_S` is logged and counted (`lock_waits`, `lock_wait_max_s`), and a lock
+held past `LOCK_WAIT_S` raises `LedgerError` naming the file, which stops the run.
 
 What it does not do: it stores no rollout payloads (a restart re-dispatches in-flight
 rows instead), and it is used from one thread only (the hub's event loop).
@@ -14,9 +18,15 @@ rows instead), and it is used from one thread only (the hub's event loop).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
+
+log = logging.getLogger("scca.ledger")
+
+LOCK_WAIT_S = 60.0  # a statement waits this long for another process's lock, then fails
+SLOW_WAIT_S = 1.0  # a statement slower than this is logged as a lock wait
 
 IN_FLIGHT = ("dispatched", "generated", "scored")
 STATES = IN_FLIGHT + ("trained", "dropped")
@@ -42,10 +52,42 @@ class LedgerError(RuntimeError):
     """A transition the ledger does not allow (e.g. an unknown item)."""
 
 
+class _Connection:
+    """sqlite3 connection whose `execute` measures lock waits and names a lock held too long."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=LOCK_WAIT_S)  # autocommit
+        self.lock_waits = 0
+        self.lock_wait_max_s = 0.0
+
+    def execute(self, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+        t = time.monotonic()
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise LedgerError(f"{self.path} stayed locked by another process for more than {LOCK_WAIT_S:.0f}s "
+                              f"({exc}): close whatever holds it (a backup, an sqlite3 shell) and resume") from None
+        finally:
+            waited = time.monotonic() - t
+            if waited > SLOW_WAIT_S:
+                self.lock_waits += 1
+                self.lock_wait_max_s = max(self.lock_wait_max_s, waited)
+                log.warning("ledger statement waited %.1fs for %s (locked by another process?)", waited, self.path)
+
+    def executescript(self, sql: str) -> None:
+        self.conn.executescript(sql)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 class Ledger:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit; explicit txns
+        self.db = _Connection(self.path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)

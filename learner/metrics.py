@@ -15,6 +15,7 @@ P = "scca_learner_"
 PEERS = Gauge(P + "peers_alive", "Registered, non-quarantined peers", ["role"])
 BAD_MESSAGES = Gauge(P + "bad_messages", "Frames that failed protocol validation (answered with error)")
 PEER_ERRORS = Counter(P + "peer_errors_total", "error messages received from peers")
+UNWANTED = Counter(P + "unwanted_messages_total", "Valid messages the learner did not want (counted, ignored)", ["reason"])
 DUPLICATES = Counter(P + "duplicate_results_total", "Late or duplicate rollouts / verdicts ignored")
 REDISPATCHED = Counter(P + "redispatched_total", "Work or verify jobs re-sent after a lease expired or a peer left")
 DIGEST_MISMATCH = Counter(P + "digests_mismatched_total", "weights_loaded or rollouts whose digest/canary did not match")

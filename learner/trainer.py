@@ -9,6 +9,11 @@ What it does, once per step, each phase a named, timed call:
 One optimiser step per batch, so π_prox (the policy at the start of the update) equals
 π_θ before the step: `logp_prox = logp.detach()` is that same forward pass, not a second.
 
+A stop request (SIGINT/SIGTERM, a stall) is honoured where the trainer waits — for
+groups, or for an evaluation — never between an optimiser step and the ledger marking its
+groups trained, and the trainer then checkpoints the step it reached, so a resumed run
+neither loses nor repeats a step. A full disk skips a publish (learner/snapshots.py).
+
 What it does not do: it never touches sockets (it calls the hub through the event loop),
 never sees peers, and does not run several PPO epochs per batch.
 """
@@ -33,8 +38,9 @@ from learner.credit import token_advantages
 from learner.credit_step import CreditStep
 from learner.logprobs import build_batch, pad_right, token_logprobs
 from learner.loss import group_advantages, lag_ok, policy_loss
+from learner.snapshots import SnapshotPublisher
 from protocol.tokens import pad_id
-from protocol.weights import canary_logprob, publish_snapshot, save_model, saved_precision
+from protocol.weights import canary_logprob, save_model, saved_precision
 
 log = logging.getLogger("scca.trainer")
 
@@ -47,7 +53,7 @@ class Stopped(Exception):
 
 class Trainer(threading.Thread):
     def __init__(self, cfg, model, tokenizer, optimizer, hub, loop, run_dir: Path, inbox: queue.Queue, state: dict,
-                 renderer):
+                 renderer, publisher: SnapshotPublisher | None = None):
         super().__init__(name="trainer", daemon=True)
         self.cfg, self.model, self.tok, self.opt = cfg, model, tokenizer, optimizer
         self.renderer = renderer  # protocol.prompts.PromptRenderer: the run's prompt format
@@ -60,13 +66,19 @@ class Trainer(threading.Thread):
         self.error: BaseException | None = None
         self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed, encode=renderer.encode)
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        self.publisher = publisher or SnapshotPublisher(cfg.learner.keep_snapshots)
+        self.last_row: dict | None = None  # the last metrics row (progress lines read it)
+        self.on_row = None  # called on the hub's loop with every metrics row (the watch's progress line)
+        self.t_start = time.perf_counter()
 
     # --- thread body -------------------------------------------------------------
     def run(self) -> None:
         try:
             self.train()
         except Stopped:
-            log.info("trainer stopped at step %d", self.state["step"])
+            log.info("trainer stopped at step %d: checkpointing it", self.state["step"])
+            self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.perf_counter() - self.t_start
+            save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
         except BaseException as exc:  # surfaced to the service, which exits non-zero
             log.exception("trainer failed")
             self.error = exc
@@ -74,19 +86,20 @@ class Trainer(threading.Thread):
             self.metrics_file.close()
             self.loop.call_soon_threadsafe(self.done.set)
 
-    def call_hub(self, coro):
-        """Run a coroutine on the hub's loop and wait for it (a stop request interrupts the wait)."""
+    def call_hub(self, coro, interruptible: bool = True):
+        """Run a coroutine on the hub's loop and wait for it (a stop request interrupts the
+        wait unless `interruptible` is False: publishing and ledger marks always finish)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         while True:
             try:
                 return fut.result(timeout=COLLECT_POLL_S)
             except concurrent.futures.TimeoutError:
-                if self.stop_event.is_set():
+                if interruptible and self.stop_event.is_set():
                     fut.cancel()
                     raise Stopped from None
 
     def train(self) -> None:
-        t_start = time.perf_counter()
+        t_start = self.t_start = time.perf_counter()
         if self.state.get("heldout_before") is None:
             self.state["heldout_before"] = self.evaluate()
             self.log_row({"step": 0, "version": self.state["version"], "heldout_accuracy": self.state["heldout_before"]})
@@ -123,7 +136,7 @@ class Trainer(threading.Thread):
         times["collect"] = time.perf_counter() - t
         fresh, stale = self.drop_stale(groups)
         if not fresh:
-            self.call_hub(self._mark([], stale))
+            self.call_hub(self._mark([], stale), interruptible=False)
             return
         t = time.perf_counter()
         stats = self.forward_backward(fresh)
@@ -134,7 +147,7 @@ class Trainer(threading.Thread):
         t = time.perf_counter()
         self.publish()
         times["publish"] = time.perf_counter() - t
-        self.call_hub(self._mark([g.item_id for g in fresh], stale))
+        self.call_hub(self._mark([g.item_id for g in fresh], stale), interruptible=False)
         row = {
             "step": self.state["step"], "version": self.state["version"],
             "samples_trained": self.state["samples_trained"], "groups": len(fresh), "dropped_stale": len(stale),
@@ -142,13 +155,17 @@ class Trainer(threading.Thread):
             "reward_mean": float(np.mean(self.seen_rewards)),  # all verified samples, incl. dropped groups
             "reward_mean_trained": float(np.mean([r for g in fresh for r in g.rewards])),
             "lags": [self.state["version"] - 1 - g.weights_version for g in fresh],
-            "wall": self.state.get("wall_before", 0.0) + time.perf_counter() - t_start,
+            "wall": self.state.get("wall_before", 0.0) + time.perf_counter() - t_start, "time": time.time(),
             **stats, **{f"time_{k}": v for k, v in times.items()},
         }
         row["samples_per_s"] = self.state["samples_trained"] / max(row["wall"], 1e-9)
         M.observe_step(row)
         if self.cfg.learner.eval_every and self.state["step"] % self.cfg.learner.eval_every == 0:
-            row["heldout_accuracy"] = self.evaluate()
+            try:
+                row["heldout_accuracy"] = self.evaluate()
+            except Stopped:  # the step itself is done: keep its row, then checkpoint it
+                self.log_row(row)
+                raise
         if self.credit.last is not None and (self.state["step"] % 10 == 0 or self.budget_reached()):
             self.credit.write_html(self.run_dir / "credit.html", f"{self.cfg.credit.method}, step {self.state['step']}")
         if self.state["step"] % self.cfg.learner.checkpoint_every == 0:
@@ -175,7 +192,7 @@ class Trainer(threading.Thread):
             self.seen_rewards.extend(g.rewards)
             if self.cfg.loss.drop_no_signal and len(set(g.rewards)) == 1:
                 self.state["dropped_no_signal"] = self.state.get("dropped_no_signal", 0) + 1
-                self.call_hub(self._mark([], [(g.item_id, "no_signal")]))
+                self.call_hub(self._mark([], [(g.item_id, "no_signal")]), interruptible=False)
                 continue
             groups.append(g)
         return groups
@@ -234,11 +251,13 @@ class Trainer(threading.Thread):
         return {**sums, **credit_stats, "loss": loss_total, "grad_norm": float(grad_norm), "tokens": total_tokens}
 
     def publish(self) -> None:
-        info = publish_snapshot(self.run_dir / "weights", self.state["version"], self.model, self.tok,
-                                keep=self.cfg.learner.keep_snapshots, dtype=self.dtype)
+        info = self.publisher.publish(self.run_dir / "weights", self.state["version"], self.model, self.tok,
+                                      dtype=self.dtype)
+        if info is None:  # disk full: the previous snapshot keeps serving
+            return
         with saved_precision(self.model, self.dtype):  # the values actors load
             canary = canary_logprob(self.model, self.tok)
-        self.call_hub(self.hub.publish(info, canary))
+        self.call_hub(self.hub.publish(info, canary), interruptible=False)
 
     def evaluate(self) -> float:
         """Held-out accuracy; every evaluation's rewards per prompt go to heldout.jsonl
@@ -253,3 +272,6 @@ class Trainer(threading.Thread):
 
     def log_row(self, row: dict) -> None:
         self.metrics_file.write(json.dumps(row) + "\n")
+        self.last_row = row
+        if self.on_row is not None:
+            self.loop.call_soon_threadsafe(self.on_row, row)

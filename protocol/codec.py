@@ -6,8 +6,10 @@ What it does:
     the msgpack of `[dtype_str, shape_list, raw little-endian bytes]`; numpy scalars go
     out as plain Python numbers and tuples as lists.
   * `unpack(data)` is the inverse. It is hardened against hostile input: the total size
-    is checked *before* unpacking, msgpack's own length limits bound every container, and
-    arrays are checked for dtype (`ALLOWED_DTYPES`), shape (non-negative ints, ndim <=
+    is checked *before* unpacking, then a walk over the bytes (`msgpack_scan.scan`) bounds
+    the number of objects (`MAX_ELEMENTS`) and the nesting (`MAX_DEPTH`) before any is
+    built, so peak memory stays near the message size; msgpack's own length limits bound
+    every container, and arrays are checked for dtype (`ALLOWED_DTYPES`), shape (non-negative ints, ndim <=
     `MAX_ARRAY_NDIM`), per-array size (`MAX_ARRAY_BYTES`) and byte length
     (== prod(shape) * itemsize). Decoded arrays are writable, native byte order.
   * Every decoding failure raises exactly one exception type, `ProtocolError`, with a
@@ -25,31 +27,23 @@ import math
 import msgpack
 import numpy as np
 
+from protocol.errors import ProtocolError
+from protocol.msgpack_scan import scan
+
 ARRAY_EXT = 1
 ALLOWED_DTYPES = frozenset({"bool", "uint8", "int32", "int64", "float16", "float32"})
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # whole encoded message, checked before unpacking
 MAX_ARRAY_BYTES = 16 * 1024 * 1024  # raw payload of one array
 MAX_ARRAY_NDIM = 4
 MAX_CONTAINER_LEN = 1 << 20  # elements in one msgpack array / map
+MAX_ELEMENTS = 1 << 18  # objects in one whole message (bounds the Python objects a decode makes)
+MAX_DEPTH = 32  # nesting levels of arrays / maps in one message
 _LE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ALLOWED_DTYPES}
 _NATIVE_DTYPES = {name: np.dtype(name).newbyteorder("=") for name in ALLOWED_DTYPES}
 
 # Exceptions msgpack raises on malformed input (FormatError, StackError, ExtraData and
 # "incomplete input" are ValueError subclasses; UnicodeDecodeError is a ValueError too).
 _MSGPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
-
-
-class ProtocolError(Exception):
-    """The single error raised for anything wrong on the wire.
-
-    `code` is a short token ("too_large", "not_msgpack", "bad_kind", "bad_field",
-    "bad_array", "bad_proto", "bad_type"); the message names the problem.
-    """
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"[{code}] {message}")
-        self.code = code
-        self.message = message
 
 
 def describe(v: object, limit: int = 60) -> str:
@@ -167,6 +161,7 @@ def unpack(data: bytes | bytearray | memoryview) -> object:
         raise ProtocolError("not_msgpack", f"expected bytes, got {type(data).__name__}") from e
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message of {size} bytes > MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
+    scan(data, MAX_ELEMENTS, MAX_DEPTH)  # object count and depth, before anything is built
     try:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, ext_hook=_ext_hook,

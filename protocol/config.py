@@ -1,8 +1,9 @@
 """Run configuration: one TOML file, validated into typed pydantic models (DESIGN §8).
 
 What it does: every section `[model] [task] [learner] [loss] [credit] [actor] [verifier]
-[hub]` is a model with `extra="forbid"`, so an unknown or misspelt key is an error that
-names it; every field has a description and bounds. `load_config(path)` reads TOML with
+[hub] [monitor]` is a model with `extra="forbid"`, so an unknown or misspelt key is an error that
+names it (with the file and line where the key stands); every field has a description
+and bounds. `load_config(path)` reads TOML with
 stdlib `tomllib`; `RunConfig.resolved_json()` is what gets written into the run folder.
 
 What it does not do: it does not touch the file system beyond reading the TOML, start
@@ -12,6 +13,7 @@ anything, or fill in paths that depend on the run folder (the launcher does that
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -196,6 +198,55 @@ class HubConfig(_Section):
     )
 
 
+class MonitorConfig(_Section):
+    """Progress lines and stall detection (learner/stall.py). Each stall condition has a
+    warning bound (a log line with the numbers and the likely causes) and a stop bound (the
+    learner checkpoints and exits with code 3, stop reason `stalled`); 0 disables a bound."""
+
+    progress_every_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="A plain progress line after every step, and at least this often while no step completes.",
+    )
+    no_signal_warn_groups: int = Field(
+        64, ge=0, le=10_000_000,
+        description="Warn after this many consecutive scored groups whose rewards were all equal (no learning signal).",
+    )
+    no_signal_stop_groups: int = Field(
+        1024, ge=0, le=10_000_000,
+        description="Stop the run after this many consecutive groups without learning signal (0 = never).",
+    )
+    no_verified_warn_s: float = Field(
+        300.0, ge=0, le=604_800,
+        description="Warn when no sample was verified (training or held-out) for this many seconds.",
+    )
+    no_verified_stop_s: float = Field(
+        1800.0, ge=0, le=604_800,
+        description="Stop the run when no sample was verified for this many seconds (0 = never).",
+    )
+    no_peer_warn_s: float = Field(
+        60.0, ge=0, le=604_800,
+        description="Warn when no live actor, or no live verifier, was connected for this many seconds.",
+    )
+    no_peer_stop_s: float = Field(
+        900.0, ge=0, le=604_800,
+        description="Stop the run when no live actor, or no live verifier, was connected for this long (0 = never).",
+    )
+    publish_failures_stop: int = Field(
+        5, ge=1, le=1000,
+        description="Stop the run after this many consecutive failed weight publishes (disk full, quota); "
+        "the previous snapshot keeps serving meanwhile.",
+    )
+
+    @model_validator(mode="after")
+    def _stop_after_warn(self):
+        for what in ("no_signal", "no_verified", "no_peer"):
+            unit = "groups" if what == "no_signal" else "s"
+            warn, stop = getattr(self, f"{what}_warn_{unit}"), getattr(self, f"{what}_stop_{unit}")
+            if warn and stop and stop <= warn:
+                raise ValueError(f"{what}_stop_{unit} ({stop}) must be above {what}_warn_{unit} ({warn}), or 0")
+        return self
+
+
 class RunConfig(_Section):
     """A whole run: the sections of DESIGN §8."""
 
@@ -207,6 +258,7 @@ class RunConfig(_Section):
     actor: ActorConfig = ActorConfig()
     verifier: VerifierConfig = VerifierConfig()
     hub: HubConfig = HubConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     def resolved_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
@@ -216,26 +268,70 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key and the problem."""
 
 
-def parse_config(data: dict) -> RunConfig:
+def parse_config(data: dict, source: str | None = None, text: str | None = None,
+                 overrides: dict | None = None) -> RunConfig:
+    """Validate `data`; a problem is named as `FILE:LINE: [section.key] what` when the key
+    can be found in the TOML `text` of `source`, or as `--set section.key` when it came
+    from an override."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
+            loc = [str(p) for p in err["loc"]]
+            where = ".".join(loc)
             what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"[{where}] {what}")
-        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+            problems.append(f"{_origin(loc, source, text, overrides)}[{where}] {what}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
+
+
+def _origin(loc: list[str], source: str | None, text: str | None, overrides: dict | None) -> str:
+    """'--set a.b ', 'FILE:LINE: ', 'FILE: ' or '' for a validation error at `loc`."""
+    if len(loc) >= 2 and loc[1] in (overrides or {}).get(loc[0], {}):
+        return f"--set {loc[0]}.{loc[1]}: "
+    if source is None:
+        return ""
+    line = key_line(text, loc) if text is not None else None
+    return f"{source}:{line}: " if line else f"{source}: "
+
+
+def key_line(text: str, loc: list[str]) -> int | None:
+    """1-based line of `[section]` key `loc[1]` (or of the section header) in TOML text."""
+    section, key = loc[0], (loc[1] if len(loc) > 1 else None)
+    current, header = None, None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = line.strip("[] ")
+            header = n if current == section and header is None else header
+        elif key is not None and current == section and line.split("=", 1)[0].strip().strip('"') == key:
+            return n
+        elif key is not None and current is None and line.split("=", 1)[0].strip() == f"{section}.{key}":
+            return n
+    return header
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     """Read a TOML file, or the resolved JSON a run folder holds (plus nested `overrides`,
-    e.g. {"learner": {"max_steps": 5}})."""
-    with open(path, "rb") as f:
-        try:
-            data = json.load(f) if str(path).endswith(".json") else tomllib.load(f)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid {'JSON' if str(path).endswith('.json') else 'TOML'}: {exc}") from None
+    e.g. {"learner": {"max_steps": 5}}). Every problem is a ConfigError naming the file
+    (and the line where it can be found)."""
+    is_json = str(path).endswith(".json")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from None
+    try:
+        data = json.loads(text) if is_json else tomllib.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = m.group(1) if m else len(text.splitlines())  # "at end of document": the last line
+        raise ConfigError(f"{path}:{line}: not valid TOML: {exc}") from None
     for section, values in (overrides or {}).items():
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"{path}: [{section}] is not a table, cannot apply --set {section}.*")
         data.setdefault(section, {}).update(values)
-    return parse_config(data)
+    return parse_config(data, str(path), None if is_json else text, overrides)

@@ -354,6 +354,9 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "weights_published": {"version": Int(0), "folder": Str(), "manifest_sha256": Str()},
     "weights_loaded": {"version": Int(0), "digest": Str(), "canary_logprob": Float()},
     "error": {"code": Str(), "message": Str()},
+    # The learner ends the run on purpose (budget spent, or stopped as stalled): peers of
+    # that run exit 0. A learner that is merely gone sends nothing; peers keep reconnecting.
+    "run_over": {"run_id": Str(), "reason": Str(1, 64), "message": Str(max_bytes=4096)},
     # Remote weights (DESIGN §12): an actor without the learner's filesystem pulls snapshot
     # files in chunks; `file` is a name listed in the snapshot's manifest (or manifest.json).
     "weights_fetch": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "length": Int(1, MAX_WEIGHTS_CHUNK)},

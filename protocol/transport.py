@@ -3,7 +3,11 @@
 What it does:
 * `RouterEndpoint` (learner side, binds): receives `(peer identity, message)`; a frame
   that fails decoding is answered with an `error` message, counted in `bad_messages`, and
-  skipped — it never raises into the caller's loop.
+  skipped — it never raises into the caller's loop. Sends never wait: a message for a
+  peer whose queue is full (a peer that stopped reading) is dropped and counted in
+  `dropped_sends`, so one stuck or hostile peer cannot block the learner's event loop.
+* Both sockets refuse frames over `MAX_MESSAGE_BYTES` inside ZeroMQ (`ZMQ_MAXMSGSIZE`:
+  the sending peer is disconnected), so an over-size message is never even read.
 * `DealerEndpoint` (actor / verifier side, connects): sends and receives validated
   messages; a background task sends `heartbeat` when nothing else was sent for
   `heartbeat_s`, and `silent_for()` tells how long the learner has been quiet so the
@@ -25,7 +29,7 @@ import zmq
 import zmq.asyncio
 
 from protocol import messages
-from protocol.codec import ProtocolError
+from protocol.codec import MAX_MESSAGE_BYTES, ProtocolError
 
 LINGER_MS = 0  # closing never blocks on unsent messages
 HWM = 10_000  # high-water mark per socket (messages)
@@ -36,6 +40,7 @@ def _socket(ctx: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     return sock
 
 
@@ -51,6 +56,7 @@ class RouterEndpoint:
         self.name = name
         self._seq = itertools.count()
         self.bad_messages = 0
+        self.dropped_sends = 0  # messages dropped because the peer's queue was full
         self.last_sent: dict[bytes, float] = {}
         self.unreachable: set[bytes] = set()  # peers a send found disconnected
 
@@ -74,11 +80,15 @@ class RouterEndpoint:
         await self.send(identity, "error", code=code, message=text[:1000])
 
     async def send(self, identity: bytes, kind: str, **fields) -> bool:
-        """Send to one peer. False when the peer is gone (disconnected): the message is
-        dropped and the identity is added to `unreachable` for the owner's liveness sweep."""
+        """Send to one peer without waiting. False when the message was dropped: the peer is
+        gone (disconnected; its identity goes into `unreachable` for the owner's liveness
+        sweep) or its queue is full (counted in `dropped_sends`; leases re-send real work)."""
         msg = messages.make(kind, self.name, next(self._seq), **fields)
         try:
-            await self.sock.send_multipart([identity, messages.encode(msg)])
+            await self.sock.send_multipart([identity, messages.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped_sends += 1
+            return False
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
@@ -87,8 +97,9 @@ class RouterEndpoint:
         self.last_sent[identity] = time.monotonic()
         return True
 
-    def close(self) -> None:
-        self.sock.close(LINGER_MS)
+    def close(self, linger_ms: int = LINGER_MS) -> None:
+        """Close; `linger_ms` > 0 gives queued messages (a final `run_over`) that long to leave."""
+        self.sock.close(linger_ms)
 
 
 class DealerEndpoint:

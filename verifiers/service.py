@@ -9,7 +9,9 @@ task's verifier version. A completion that times out gets reward 0 with reason `
 and the stuck pool is replaced; completions that were running beside it in that pool are
 scored again on the new one, so one hostile completion never zeroes its siblings, other
 jobs, or blocks the learner. A learner silent for
-`peer_timeout_s` means reconnect and say hello again.
+`peer_timeout_s` means reconnect and say hello again; a `not_registered` answer (the
+learner restarted) means hello again at once. The verifier exits 0 when the learner says
+the run is over (`run_over`), and keeps reconnecting while the learner is merely gone.
 
 What it does not do: it runs no model output itself in this process (workers do, and
 tasks that execute code use the sandbox), keeps no state between jobs, and never talks
@@ -97,6 +99,7 @@ class Verifier:
         self.stopping = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
         self.cache = VerdictCache()
+        self.run_id: str | None = None  # from the learner's welcome
         self.mode = sandbox_mode()
         if cfg.task.name == "code":   # refuse now, with what is missing, not at the first job
             self.mode = f"{self.mode}/{require_sandbox(cfg.verifier.accept_weak_sandbox)}"
@@ -122,8 +125,15 @@ class Verifier:
                     task = asyncio.get_running_loop().create_task(self.verify(msg))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
+                elif msg["kind"] == "welcome":
+                    self.run_id = msg["run_id"]
+                elif msg["kind"] == "run_over" and msg["run_id"] in (self.run_id, None):
+                    log.info("learner says the run is over (%s): %s; exiting", msg["reason"], msg["message"])
+                    self.stopping.set()
                 elif msg["kind"] == "error":
                     log.warning("learner says %s: %s", msg["code"], msg["message"])
+                    if msg["code"] == "not_registered":  # the learner restarted or dropped us: join again
+                        await self.say_hello()
         finally:
             self.ep.close()
             _kill_pool(self.pool)

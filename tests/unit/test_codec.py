@@ -140,16 +140,21 @@ def test_unknown_ext_types_rejected():
 
 
 @pytest.mark.parametrize("data, word", [
-    (b"", "incomplete"),
-    (b"\x92\x01", "incomplete"),  # truncated array
+    (b"", "ends early"),
+    (b"\x92\x01", "claims 2 items"),  # truncated array
     (b"\x01\x02", "ExtraData"),  # trailing bytes
     (b"\x81\x01\x01", "map key"),  # int map key
     (b"\xa2\xff\xfe", "UnicodeDecodeError"),  # invalid utf-8 str
-    (b"\x91" * 100_000 + b"\xc0", "StackError"),  # absurd nesting
-    (b"\xdd\xff\xff\xff\xff", "array"),  # array header claiming 4G elements
+    (b"\xdd\xff\xff\xff\xff", "claims 4294967295 items"),  # array header claiming 4G elements
+    (b"\xc4\x05ab", "ends inside a value"),  # bin8 of 5 bytes, 2 present
 ])
 def test_malformed_msgpack(data, word):
     raises("not_msgpack", data, word)
+
+
+def test_nesting_and_object_count_are_bounded_before_decoding():
+    raises("too_complex", b"\x91" * 100_000 + b"\xc0", "deeper than")  # absurd nesting
+    raises("too_complex", msgpack.packb([{"ab": 0}] * 300_000), "more than")  # 900k objects in 3.6 MB
 
 
 def test_non_bytes_input():

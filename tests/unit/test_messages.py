@@ -55,6 +55,7 @@ def valid(kind: str) -> dict:
         "weights_published": {"version": 4, "folder": "/runs/w/000004", "manifest_sha256": "ef" * 32},
         "weights_loaded": {"version": 4, "digest": "01" * 32, "canary_logprob": -3.25},
         "error": {"code": "bad_field", "message": "work.slots: expected int"},
+        "run_over": {"run_id": "run-2024-01", "reason": "completed", "message": "budget spent: 150 steps"},
         "weights_fetch": {"version": 4, "file": "model.safetensors", "offset": 8 << 20, "length": 4 << 20},
         "weights_chunk": {"version": 4, "file": "model.safetensors", "offset": 0, "size": 7_000_000,
                           "data": bytes(range(256)) * 16},
@@ -80,7 +81,7 @@ def assert_same(a, b):
 def test_every_kind_has_a_valid_example():
     assert set(SCHEMAS) == {"hello", "welcome", "heartbeat", "work_request", "work", "rollout_group",
                             "verify_job", "verdicts", "ack", "weights_published", "weights_loaded", "error",
-                            "weights_fetch", "weights_chunk"}
+                            "weights_fetch", "weights_chunk", "run_over"}
 
 
 @pytest.mark.parametrize("kind", sorted(SCHEMAS))

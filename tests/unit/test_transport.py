@@ -2,8 +2,11 @@
 
 import asyncio
 
+import pytest
 import zmq
 
+from protocol import messages
+from protocol.codec import MAX_MESSAGE_BYTES
 from protocol.transport import DealerEndpoint, RouterEndpoint
 
 
@@ -72,4 +75,47 @@ async def test_send_to_a_gone_peer_is_dropped_and_reported():
         assert await router.send(b"nobody", "heartbeat") is False
         assert router.unreachable == {b"nobody"}
     finally:
+        router.close()
+
+
+async def test_a_peer_that_never_reads_cannot_block_the_router():
+    """Replies to a flooder that does not read pile up to the high-water mark, then are
+    dropped and counted: every send returns at once."""
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    flooder = zmq.Context.instance().socket(zmq.DEALER)
+    flooder.setsockopt(zmq.LINGER, 0)
+    flooder.setsockopt(zmq.RCVHWM, 10)
+    flooder.setsockopt_string(zmq.IDENTITY, "flooder")
+    flooder.connect(router.address)
+    try:
+        flooder.send(messages.encode(messages.make("heartbeat", "flooder", 0)))
+        identity, _ = await asyncio.wait_for(router.recv(), 5)
+        sent = [await asyncio.wait_for(router.send(identity, "error", code="x", message="y" * 4000), 1)
+                for _ in range(16_000)]
+        assert router.dropped_sends > 0 and sent.count(False) == router.dropped_sends
+        assert router.unreachable == set()
+    finally:
+        flooder.close()
+        router.close()
+
+
+async def test_an_oversize_frame_is_refused_inside_zeromq():
+    """A frame over MAX_MESSAGE_BYTES never reaches Python: its sender is disconnected, and
+    other peers are served."""
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    big = zmq.Context.instance().socket(zmq.DEALER)
+    big.setsockopt(zmq.LINGER, 0)
+    big.connect(router.address)
+    good = DealerEndpoint(router.address, "actor-z", heartbeat_s=10)
+    try:
+        big.send(b"\x00" * (MAX_MESSAGE_BYTES + 1))
+        await good.send("work_request", slots=2)
+        identity, msg = await asyncio.wait_for(router.recv(), 10)
+        assert identity == b"actor-z" and msg["slots"] == 2
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(router.recv(), 1.0)
+        assert router.bad_messages == 0  # refused before any decoding
+    finally:
+        big.close()
+        good.close()
         router.close()
