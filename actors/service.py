@@ -44,6 +44,7 @@ FETCH_S = Gauge(P + "weights_fetch_seconds", "Seconds to fetch the last snapshot
 LOAD_S = Gauge(P + "weights_load_seconds", "Seconds to verify and load the last snapshot")
 ERRORS = Counter(P + "errors_received_total", "error messages received from the learner", ["code"])
 LEARNER_UP = Gauge(P + "learner_alive", "1 while the learner answers")
+BUSY_S = Counter(P + "generate_seconds_total", "Seconds spent generating")
 
 RECV_POLL_S = 0.5  # how long one recv waits before the loop checks liveness
 
@@ -60,6 +61,8 @@ class Actor:
         self.stopping = asyncio.Event()
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
         self.remote = RemoteWeights(Path(cfg.actor.weights_dir), self.ep.send) if cfg.actor.weights_dir else None
+        self.busy_s = {"generate": 0.0, "weights": 0.0}  # seconds spent, logged at exit (bench/pipeline.py reads it)
+        self.started = time.monotonic()
 
     async def run(self) -> None:
         self.ep.start_heartbeats()
@@ -153,6 +156,7 @@ class Actor:
         digest, canary = await loop.run_in_executor(self.pool, lambda: (self.engine.digest(), self.engine.canary()))
         self.digest = digest
         LOAD_S.set(time.perf_counter() - t)
+        self.busy_s["weights"] += time.perf_counter() - t
         VERSION.set(self.engine.version)
         await self.ep.send("weights_loaded", version=self.engine.version, digest=digest, canary_logprob=canary)
 
@@ -175,6 +179,8 @@ class Actor:
             max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size,
             hidden_k=batch[0]["hidden_k"]))
         seconds = time.perf_counter() - t
+        self.busy_s["generate"] += seconds
+        BUSY_S.inc(seconds)
         n_tokens = sum(len(x.token_ids) for g in groups for x in g)
         ROLLOUTS.inc(sum(len(g) for g in groups))
         TOKENS.inc(n_tokens)
@@ -203,6 +209,8 @@ async def serve(cfg, address: str, name: str, metrics_port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, actor.stopping.set)
     await actor.run()
+    alive = time.monotonic() - actor.started
+    log.info("busy: generate %.2fs, weights %.2fs, alive %.2fs", actor.busy_s["generate"], actor.busy_s["weights"], alive)
     server.shutdown()
 
 

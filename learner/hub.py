@@ -34,6 +34,7 @@ import numpy as np
 
 from learner import metrics as M
 from learner.ledger import Ledger
+from learner.screening import Screening
 from learner.weights_server import read_chunk
 from protocol.summaries import HIDDEN_K
 from protocol.transport import RouterEndpoint
@@ -94,6 +95,8 @@ class Hub:
         self.digest_ok = 0
         self.sync_events: list[dict] = []  # every weights_loaded, checked (written to weights_sync.jsonl)
         self.digest_bad = 0
+        self.samples_generated = 0  # training samples received (first copies), kept or not
+        self.screening = Screening(cfg.actor.group_size, cfg.learner.screen_samples)  # SPEED (learner/screening.py)
 
     # --- main loop -----------------------------------------------------------------
     async def serve(self) -> None:
@@ -188,14 +191,15 @@ class Hub:
         await self.pump()
 
     def _on_train_rollout(self, peer: Peer, msg: dict) -> None:
-        item_id = msg["work_id"]
+        item_id = self.screening.item_of(msg["work_id"])
         expected = self.expected.get(msg["weights_version"])
         if expected is None or expected[0] != msg["weights_digest"]:
             M.DIGEST_MISMATCH.inc()
             return  # unverifiable weights: the lease will re-dispatch this item
-        if not self.ledger.generated(item_id, self.cfg.hub.verify_lease_s):
+        if not self.screening.expected(msg["work_id"]) or not self.ledger.generated(item_id, self.cfg.hub.verify_lease_s):
             M.DUPLICATES.inc()
             return
+        self.samples_generated += len(msg["samples"])
         row = self.rows[msg["prompt_id"]]
         self.pending[item_id] = Group(item_id, row["id"], row["prompt"], msg["weights_version"], msg["samples"])
         self.verify_queue.append(item_id)
@@ -226,10 +230,22 @@ class Hub:
                 del self.pending[job_id]
                 group.rewards, group.details = msg["rewards"], msg["details"]
                 M.observe_verdicts(msg)
-                self.to_trainer.put(group)
+                self._route_scored(group)
             else:
                 M.DUPLICATES.inc()
         await self.pump()
+
+    def _route_scored(self, group: Group) -> None:
+        """To the trainer; or, with SPEED screening, dropped (screen without signal) or
+        back in line for its continuation, ahead of new prompts."""
+        action, merged = self.screening.on_scored(group)
+        M.SCREENED.labels(action).inc()
+        if action == "train":
+            self.to_trainer.put(merged)
+        elif action == "drop":
+            self.ledger.drop(group.item_id, "screened")
+        else:
+            self.retry.appendleft(group.item_id)
 
     # --- dispatch ------------------------------------------------------------------
     def _window(self) -> int:
@@ -241,7 +257,9 @@ class Hub:
         return lc.prompts_per_step * (self.cfg.loss.max_lag + 1) * (2 if self.cfg.loss.drop_no_signal else 1)
 
     def _window_open(self) -> bool:
-        return self.training_open and self.ledger.in_flight_count() < self._window()
+        """Training work may go out: items already in flight waiting in `retry` always (they
+        hold their place in the window), new prompts while the window has room."""
+        return self.training_open and (bool(self.retry) or self.ledger.in_flight_count() < self._window())
 
     def _next_item(self) -> tuple[str, str]:
         if self.retry:
@@ -280,8 +298,9 @@ class Hub:
             else:
                 self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
             row = self.rows[prompt_id]
-            await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
-                               prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=a.group_size,
+            work_id, group_size = self.screening.work(item_id)
+            await self.ep.send(peer.identity, "work", work_id=work_id, policy_version=self.version,
+                               prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=group_size,
                                sampling=sampling, eval=False, hidden_k=hidden_k)
             peer.credit -= 1
         await self._pump_verifiers()

@@ -90,6 +90,7 @@ def write_summary(run_dir: Path, state: dict, hub: Hub) -> dict:
         "heldout_accuracy_before": state.get("heldout_before"),
         "heldout_accuracy_after": state.get("heldout_after"),
         "samples_trained": state["samples_trained"],
+        "samples_generated": hub.samples_generated,
         "steps": state["step"],
         "wall_seconds": state.get("wall_seconds"),
         "ledger": {k: counts[k] for k in ("dispatched", "trained", "dropped", "in_flight")},

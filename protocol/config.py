@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -61,7 +61,12 @@ class LearnerConfig(_Section):
         description="Prompt groups dispatched but not yet trained or dropped; 0 = prompts_per_step x (max_lag + 1), "
         "doubled with drop_no_signal.",
     )
-    micro_batch: int = Field(64, ge=1, le=4096, description="Samples per forward/backward micro-batch.")
+    micro_batch: int = Field(64, ge=1, le=4096, description="Samples per forward/backward micro-batch (rows sorted by length).")
+    screen_samples: int = Field(
+        4, ge=0, le=255,
+        description="SPEED screening: draw this many samples of a prompt first and the rest of the group only if "
+        "their rewards differ (else the prompt is dropped as `screened`); 0 = off, else < actor.group_size.",
+    )
     threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Learner device; auto = cuda when available.")
     bf16: bool = Field(True, description="bf16 autocast for the learner's forward passes on CUDA (weights stay fp32).")
@@ -164,6 +169,13 @@ class RunConfig(_Section):
     verifier: VerifierConfig = VerifierConfig()
     hub: HubConfig = HubConfig()
 
+    @model_validator(mode="after")
+    def _cross_section(self) -> "RunConfig":
+        screen, g = self.learner.screen_samples, self.actor.group_size
+        if screen and screen >= g:
+            raise ValueError(f"learner.screen_samples ({screen}) must be 0 (off) or below actor.group_size ({g})")
+        return self
+
     def resolved_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
@@ -178,7 +190,7 @@ def parse_config(data: dict) -> RunConfig:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
+            where = ".".join(str(p) for p in err["loc"]) or "config"
             what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"[{where}] {what}")
         raise ConfigError("invalid config: " + "; ".join(problems)) from None
