@@ -8,9 +8,13 @@ work is generated in a thread (the event loop keeps heartbeating) and answered w
 message reloads in place after checksum verification (several queued ones collapse to
 the newest). A learner silent for `peer_timeout_s` means reconnect and say hello again.
 
-What it does not do: it never sees answers or rewards, keeps no state worth saving (a
-crash loses only work the learner's leases re-dispatch), and it does not fetch weight
-files over the network (it reads the shared folder named in the message).
+With `[actor] broadcast_rank` the actor joins the learner's torch.distributed group after
+its first weights and takes every later version from the broadcast (actors/broadcast.py),
+proving it the same way.
+
+What it does not do: it never sees answers or rewards and keeps no state worth saving (a
+crash loses only work the learner's leases re-dispatch). Weight files come from the shared
+folder named in the message, or over the wire with `[actor] weights_dir`.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class Actor:
         self.busy = False
         self.stopping = asyncio.Event()
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.broadcast_info: dict | None = None  # the learner's broadcast group (from `welcome`)
+        self.bcast = None  # actors.broadcast.BroadcastWeights once this actor joined the group
         self.remote = RemoteWeights(Path(cfg.actor.weights_dir), self.ep.send) if cfg.actor.weights_dir else None
         self.busy_s = {"generate": 0.0, "weights": 0.0}  # seconds spent, logged at exit (bench/pipeline.py reads it)
         self.started = time.monotonic()
@@ -92,6 +98,7 @@ class Actor:
     async def on_message(self, msg: dict) -> None:
         kind = msg["kind"]
         if kind == "welcome":
+            self.broadcast_info = msg["broadcast"]
             if msg["weights"] is not None:
                 self.queue.append({"kind": "weights_published", **msg["weights"]})
             self.wakeup.set()
@@ -113,15 +120,19 @@ class Actor:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
+            await self.load_broadcast(loop)
             while self.queue:
                 msg = self.queue.popleft()
                 QUEUE.set(len(self.queue))
                 if msg["kind"] == "weights_published":
                     if any(m["kind"] == "weights_published" for m in self.queue):
                         continue  # a newer version is already queued
-                    await self.load(loop, msg)
+                    if self.bcast is None or not self.bcast.active:  # in the group, versions come by broadcast
+                        await self.load(loop, msg)
+                        self.join_broadcast(loop)
                 elif self.engine is not None:
                     await self.generate(loop, self.coalesce(msg))
+                await self.load_broadcast(loop)
                 await self.request_work()
 
     def coalesce(self, first: dict) -> list[dict]:
@@ -153,12 +164,39 @@ class Actor:
             log.error("refusing weights v%d: %s", msg["version"], exc)
             await self.ep.send("error", code="bad_weights", message=str(exc)[:1000])
             return
+        await self.report_loaded(loop, t)
+
+    async def report_loaded(self, loop, t: float) -> None:
+        """`weights_loaded` with the digest and canary of what the engine now holds."""
         digest, canary = await loop.run_in_executor(self.pool, lambda: (self.engine.digest(), self.engine.canary()))
         self.digest = digest
         LOAD_S.set(time.perf_counter() - t)
         self.busy_s["weights"] += time.perf_counter() - t
         VERSION.set(self.engine.version)
         await self.ep.send("weights_loaded", version=self.engine.version, digest=digest, canary_logprob=canary)
+
+    def join_broadcast(self, loop) -> None:
+        """After the first weights, join the learner's broadcast group if this actor has a rank in it."""
+        rank = self.cfg.actor.broadcast_rank
+        if rank and self.bcast is None and self.broadcast_info is not None and self.engine is not None:
+            from actors.broadcast import BroadcastWeights
+
+            self.bcast = BroadcastWeights(self.ep.address, self.broadcast_info, rank, self.engine,
+                                          wake=lambda: loop.call_soon_threadsafe(self.wakeup.set))
+
+    async def load_broadcast(self, loop) -> None:
+        """Load the newest broadcast version, if one arrived, and prove it (digest + canary)."""
+        got = self.bcast.newest() if self.bcast is not None else None
+        if got is None:
+            return
+        version, buf = got
+        if isinstance(buf, Exception):
+            log.error("refusing broadcast v%d: %s", version, buf)
+            await self.ep.send("error", code="bad_weights", message=str(buf)[:1000])
+            return
+        t = time.perf_counter()
+        await loop.run_in_executor(self.pool, self.bcast.apply, self.engine, version, buf)
+        await self.report_loaded(loop, t)
 
     async def weights_folder(self, msg: dict) -> Path:
         """The snapshot's folder: the learner's own (shared filesystem) or a fetched copy."""

@@ -5,7 +5,8 @@ Builds a randomly initialised model of Qwen2.5-0.5B's shape (`--sizes 0.5b,1.5b`
 (float32 master weights) and publishes snapshots in the checkpoint's dtype (`--dtype
 bfloat16`, as Qwen ships). Side by side in one invocation, each phase `--repeats` times,
 interleaved with the baseline:
-  * raw: `safetensors.torch.save_file` of the snapshot's tensors (already cast) + `load_file`;
+  * raw: `safetensors.torch.save_file` of the snapshot's tensors (already cast) + `load_file`
+    and copying them into the actor's model (`load_state_dict`), nothing checked;
   * publish: `protocol.weights.publish_snapshot` (cast, write, checksums, manifest, READY);
   * verify: `verify_snapshot` (every file's sha256 against the manifest);
   * load: what an HF actor does (`load_verified` + `load_state_dict` into a model of the
@@ -14,7 +15,7 @@ interleaved with the baseline:
   * wire: an actor without the shared filesystem fetching the snapshot from the real hub
     over loopback (`actors/remote_weights.py`), MB/s;
   * broadcast: the torch.distributed path (gloo) from this process to a second one
-    (`protocol/weights_broadcast.py`), MB/s, if present.
+    (`protocol/weights_broadcast.py`): pack, broadcast and unpack seconds, MB/s, digest match.
 Prints seconds, the ratio of each phase to raw save + load (goal <= 1.3) and MB/s;
 results into `bench/results/weights_sync.json`.
 
@@ -38,6 +39,7 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import queue  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -54,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {  # Qwen2.5 configs (hidden, intermediate, layers, heads, kv heads); vocabulary 151,936, tied
     "0.5b": (896, 4864, 24, 14, 2),
     "1.5b": (1536, 8960, 28, 12, 2),
+    "smoke": (128, 256, 2, 4, 2),  # a quick check of the bench itself (~20M parameters, mostly embedding)
 }
 
 
@@ -87,6 +90,12 @@ def timed(fn, *args, **kw) -> tuple[float, object]:
 def publish(root: Path, version: int, model, tok, dtype: torch.dtype) -> dict:
     kw = {"dtype": dtype} if "dtype" in inspect.signature(W.publish_snapshot).parameters else {}
     return W.publish_snapshot(root, version, model, tok, keep=1, **kw)
+
+
+def raw_load(actor_model, path: Path) -> None:
+    """The baseline load: safetensors `load_file` (lazy, mmap) + copying the values into the model."""
+    with torch.no_grad():
+        actor_model.load_state_dict(load_file(str(path)), strict=False)
 
 
 def actor_load(actor_model, folder: Path) -> None:
@@ -152,13 +161,48 @@ async def fetch_worker(address: str, version: int, manifest_sha256: str, into: P
     print(json.dumps({"seconds": seconds, "bytes": remote.bytes_fetched}))
 
 
-def broadcast_seconds(model, dtype: torch.dtype) -> float | None:
-    """Seconds to broadcast the snapshot tensors to one receiver process over gloo (None if the path is absent)."""
-    try:
-        from protocol import weights_broadcast as B
-    except ImportError:
-        return None
-    return B.bench_two_process(model, dtype)
+def broadcast_seconds(model, dtype: torch.dtype, size: str) -> dict:
+    """The torch.distributed path (gloo) to one receiver process holding the same architecture:
+    seconds to pack, to broadcast (offer -> every rank has the bytes), and for the receiver to
+    unpack into its model; the receiver's digest must equal the sender's."""
+    from protocol import weights_broadcast as B
+
+    tx = B.Sender("127.0.0.1", 0, 2, timeout_s=600)
+    child = subprocess.Popen([sys.executable, __file__, "--recv-worker", str(tx.port), "--size", size,
+                              "--dtype", str(dtype).removeprefix("torch.")], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert tx.ready.wait(600), "the receiver never joined"
+    t = time.perf_counter()
+    buf, lid = B.pack(model.state_dict().items(), dtype)
+    pack_s = time.perf_counter() - t
+    t = time.perf_counter()
+    tx.offer(1, buf, lid)
+    while 1 not in tx.sent and tx.failed is None:
+        tx.thread.join(0.01)
+    send_s = time.perf_counter() - t
+    tx.close()
+    got = json.loads(child.communicate(timeout=600)[0].strip().splitlines()[-1])
+    with torch.no_grad():
+        rounded = {k: v.to(dtype) for k, v in B.canonical(model.state_dict().items()).items()}
+    return {"pack_s": pack_s, "broadcast_s": send_s, "unpack_s": got["unpack_s"],
+            "digest_match": got["digest"] == W.param_digest(rounded.items())}
+
+
+def recv_worker(port: int, size: str, dtype: torch.dtype) -> None:
+    """Rank 1 of `broadcast_seconds` (a separate process): receive one version, unpack, print JSON."""
+    from protocol import weights_broadcast as B
+
+    with torch.device("meta"):
+        model = qwen_shaped(size)
+    model = model.to_empty(device="cpu").to(dtype)
+    model.tie_weights()
+    rx = B.Receiver("127.0.0.1", port, 1, 2, model.state_dict().items(), dtype, timeout_s=600)
+    version, buf = rx.received.get(timeout=600)
+    t = time.perf_counter()
+    B.unpack(buf, model.state_dict().items(), dtype)
+    unpack_s = time.perf_counter() - t
+    rx.thread.join(600)
+    digest = W.param_digest(B.canonical(model.state_dict().items()).items())
+    print(json.dumps({"version": version, "unpack_s": unpack_s, "digest": digest}))
 
 
 def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
@@ -173,9 +217,7 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
     for r in range(repeats):
         raw = work / "raw.safetensors"
         t["raw_save"].append(timed(save_file, tensors, str(raw), metadata={"format": "pt"})[0])
-        dt, back = timed(load_file, str(raw))
-        t["raw_load"].append(dt)
-        del back
+        t["raw_load"].append(timed(raw_load, actor, raw)[0])
         raw.unlink()
         dt, info = timed(publish, work / "w", r + 1, model, tok, dtype)
         t["publish"].append(dt)
@@ -187,14 +229,14 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
         match = digest == info["digest"]  # False for tied models until the canonical digest (issue 9)
         gc.collect()
     wire_s, wire_bytes = asyncio.run(wire_fetch(info, work))
-    bcast = broadcast_seconds(model, snap_dtype)
+    bcast = broadcast_seconds(model, snap_dtype, size)
     med = {k: float(np.median(v)) for k, v in t.items()}
     base = med["raw_save"] + med["raw_load"]
     out = {"size": size, "params": sum(p.numel() for p in tensors.values()), "snapshot_dtype": str(snap_dtype),
            "snapshot_bytes": nbytes, "digest_match": match, "seconds": t, "median_s": med, "raw_save_load_s": base,
            "ratio_to_raw": {k: med[k] / base for k in ("publish", "verify", "load", "digest")},
            "wire_fetch_s": wire_s, "wire_MBps": wire_bytes / 1e6 / wire_s,
-           "broadcast_s": bcast, "broadcast_MBps": nbytes / 1e6 / bcast if bcast else None}
+           "broadcast": bcast, "broadcast_MBps": nbytes / 1e6 / bcast["broadcast_s"]}
     del model, actor, tensors
     gc.collect()
     return out
@@ -210,7 +252,11 @@ def main() -> None:
     ap.add_argument("--version", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--manifest-sha256", help=argparse.SUPPRESS)
     ap.add_argument("--into", help=argparse.SUPPRESS)
+    ap.add_argument("--recv-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--size", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.recv_worker:
+        return recv_worker(int(args.recv_worker), args.size, getattr(torch, args.dtype))
     if args.fetch_worker:
         return asyncio.run(fetch_worker(args.fetch_worker, args.version, args.manifest_sha256, Path(args.into)))
     torch.set_num_threads(1)
@@ -225,7 +271,9 @@ def main() -> None:
               f"raw save {med['raw_save']:.2f}s + load {med['raw_load']:.2f}s = {r['raw_save_load_s']:.2f}s")
         print("  " + "  ".join(f"{k} {med[k]:.2f}s ({rat[k]:.2f}x)" for k in rat))
         print(f"  wire fetch {r['wire_fetch_s']:.2f}s ({r['wire_MBps']:.0f} MB/s)" +
-              (f"; broadcast {r['broadcast_s']:.2f}s ({r['broadcast_MBps']:.0f} MB/s)" if r["broadcast_s"] else ""))
+              f"; broadcast {r['broadcast']['broadcast_s']:.2f}s ({r['broadcast_MBps']:.0f} MB/s, pack "
+              f"{r['broadcast']['pack_s']:.2f}s, unpack {r['broadcast']['unpack_s']:.2f}s, digest match "
+              f"{r['broadcast']['digest_match']})")
     out = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "results": results, "loadavg": os.getloadavg()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

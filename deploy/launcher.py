@@ -154,7 +154,9 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     try:
         address = wait_ready(run_dir, learner)["address"]
         for i in range(cfg.actor.count):
-            procs.append(spawn(["actor", cfg_path, "--connect", address, "--name", f"actor-{i}"], logs / f"actor-{i}.log"))
+            rank = ["--set", f"actor.broadcast_rank={i + 1}"] if i + 1 < cfg.learner.broadcast_world_size else []
+            procs.append(spawn(["actor", cfg_path, "--connect", address, "--name", f"actor-{i}", *rank],
+                               logs / f"actor-{i}.log"))
         for i in range(cfg.verifier.count):
             procs.append(spawn(["verifier", cfg_path, "--connect", address, "--name", f"verifier-{i}"], logs / f"verifier-{i}.log"))
         with Live(progress_table(run_dir, cfg), console=console, refresh_per_second=1, transient=False) as live:

@@ -96,6 +96,7 @@ class Hub:
         self.sync_events: list[dict] = []  # every weights_loaded, checked (written to weights_sync.jsonl)
         self.digest_bad = 0
         self.samples_generated = 0  # training samples received (first copies), kept or not
+        self.broadcast: dict | None = None  # announced in `welcome` when the learner runs a broadcast group
         self.screening = Screening(cfg.actor.group_size, cfg.learner.screen_samples)  # SPEED (learner/screening.py)
 
     # --- main loop -----------------------------------------------------------------
@@ -135,7 +136,7 @@ class Hub:
             self._release(old, "reconnect")
         self.peers[identity] = Peer(identity, msg["role"], msg["name"], last_seen=time.monotonic())
         log.info("peer %s joined as %s", msg["name"], msg["role"])
-        await self.ep.send(identity, "welcome", run_id=self.run_id, weights=self.weights)
+        await self.ep.send(identity, "welcome", run_id=self.run_id, weights=self.weights, broadcast=self.broadcast)
         self._update_peer_metrics()
 
     async def _on_error(self, peer: Peer, msg: dict) -> None:

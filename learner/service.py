@@ -84,6 +84,22 @@ def publish_start(run_dir: Path, version: int, model, tok, keep: int) -> dict:
     return publish_snapshot(run_dir / "weights", version, model, tok, keep=keep)
 
 
+def start_broadcast(cfg, hub: Hub, model):
+    """The weights broadcast group's rank 0 (joins in the background), announced in `welcome`; None when off."""
+    world = cfg.learner.broadcast_world_size
+    if world < 2:
+        return None
+    from protocol.weights_broadcast import Sender, backend_for
+
+    device = str(next(model.parameters()).device)
+    host = hub.ep.address.split("://", 1)[1].rsplit(":", 1)[0]
+    sender = Sender(host, cfg.learner.broadcast_port, world, backend_for(device))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    hub.broadcast = {"port": sender.port, "world_size": world, "backend": sender.backend, "dtype": dtype}
+    log.info("weights broadcast group: %d ranks on port %d (%s)", world, sender.port, sender.backend)
+    return sender
+
+
 def write_summary(run_dir: Path, state: dict, hub: Hub) -> dict:
     counts = hub.ledger.counts()
     summary = {
@@ -123,10 +139,11 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     hub = Hub(cfg, ledger, train_rows, heldout_rows, inbox, run_id=ledger.get_meta("run_id") or uuid.uuid4().hex[:12])
     ledger.set_meta("run_id", hub.run_id)
     hub.retry.extend(parked)
+    broadcaster = start_broadcast(cfg, hub, model)
     info = publish_start(run_dir, state["version"], model, tok, cfg.learner.keep_snapshots)
     await hub.publish(info, canary_logprob(model, tok))
     loop = asyncio.get_running_loop()
-    trainer = Trainer(cfg, model, tok, opt, hub, loop, run_dir, inbox, state)
+    trainer = Trainer(cfg, model, tok, opt, hub, loop, run_dir, inbox, state, broadcaster)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, trainer.stop_event.set)
     ready = {"address": hub.ep.address, "metrics_port": metrics_server.server_port, "pid": os.getpid(), "time": time.time()}
@@ -136,6 +153,8 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     serving = loop.create_task(hub.serve())
     await trainer.done.wait()
     serving.cancel()
+    if broadcaster is not None:
+        broadcaster.close()
     summary = write_summary(run_dir, state, hub)
     hub.ep.close()
     ledger.close()

@@ -43,11 +43,13 @@ class Stopped(Exception):
 
 
 class Trainer(threading.Thread):
-    def __init__(self, cfg, model, tokenizer, optimizer, hub, loop, run_dir: Path, inbox: queue.Queue, state: dict):
+    def __init__(self, cfg, model, tokenizer, optimizer, hub, loop, run_dir: Path, inbox: queue.Queue, state: dict,
+                 broadcaster=None):
         super().__init__(name="trainer", daemon=True)
         self.cfg, self.model, self.tok, self.opt = cfg, model, tokenizer, optimizer
         self.hub, self.loop, self.run_dir, self.inbox = hub, loop, Path(run_dir), inbox
         self.state = state  # step, version, samples_trained, heldout_before, wall_before
+        self.broadcaster = broadcaster  # protocol.weights_broadcast.Sender, or None (file snapshots only)
         self.stop_event = threading.Event()
         self.done = asyncio.Event()
         self.error: BaseException | None = None
@@ -129,9 +131,19 @@ class Trainer(threading.Thread):
         self.state["version"] += 1
         self.state["samples_trained"] += sum(len(g.samples) for g in fresh)
         t = time.perf_counter()
-        self.publish()
+        if self.publish_due():
+            self.publish()
         times["publish"] = time.perf_counter() - t
         self.call_hub(self._mark([g.item_id for g in fresh], stale))
+        row = self.step_row(fresh, stale, stats, times, t_start)
+        M.observe_step(row)
+        self.after_step(row)
+        row["time_step"] = time.perf_counter() - t_step
+        self.state["eval_seconds"] = self.state.get("eval_seconds", 0.0) + row.get("time_eval", 0.0)
+        row["eval_seconds"] = self.state["eval_seconds"]  # all evaluations so far (wall minus this = training wall)
+        self.log_row(row)
+
+    def step_row(self, fresh: list, stale: list, stats: dict, times: dict, t_start: float) -> dict:
         row = {
             "step": self.state["step"], "version": self.state["version"],
             "samples_trained": self.state["samples_trained"], "groups": len(fresh), "dropped_stale": len(stale),
@@ -144,8 +156,11 @@ class Trainer(threading.Thread):
             **stats, **{f"time_{k}": v for k, v in times.items()},
         }
         row["samples_per_s"] = self.state["samples_trained"] / max(row["wall"], 1e-9)
-        M.observe_step(row)
-        if self.cfg.learner.eval_every and self.state["step"] % self.cfg.learner.eval_every == 0:
+        return row
+
+    def after_step(self, row: dict) -> None:
+        """Evaluate, credit heatmap, checkpoint: each when due, each timed into the row."""
+        if self.eval_due():
             t = time.perf_counter()
             row["heldout_accuracy"] = self.evaluate()
             row["time_eval"] = time.perf_counter() - t
@@ -155,10 +170,14 @@ class Trainer(threading.Thread):
             t = time.perf_counter()
             save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
             row["time_checkpoint"] = time.perf_counter() - t
-        row["time_step"] = time.perf_counter() - t_step
-        self.state["eval_seconds"] = self.state.get("eval_seconds", 0.0) + row.get("time_eval", 0.0)
-        row["eval_seconds"] = self.state["eval_seconds"]  # all evaluations so far (wall minus this = training wall)
-        self.log_row(row)
+
+    def eval_due(self) -> bool:
+        return bool(self.cfg.learner.eval_every) and self.state["step"] % self.cfg.learner.eval_every == 0
+
+    def publish_due(self) -> bool:
+        """Every `publish_every` steps, and whenever the actors must hold this version: before an
+        evaluation (it runs on the actors) and at the end of the budget."""
+        return self.state["step"] % self.cfg.learner.publish_every == 0 or self.eval_due() or self.budget_reached()
 
     async def _mark(self, item_ids: list[str], stale: list[tuple[str, str]]) -> None:
         self.hub.mark_trained(item_ids, stale, self.state["version"])
@@ -212,6 +231,8 @@ class Trainer(threading.Thread):
                                 keep=self.cfg.learner.keep_snapshots)
         canary = canary_logprob(self.model, self.tok)
         self.call_hub(self.hub.publish(info, canary))
+        if self.broadcaster is not None:  # the same version to the actors in the group, proved the same way
+            self.broadcaster.offer_model(self.state["version"], self.model.state_dict().items(), None)
 
     def evaluate(self) -> float:
         """Held-out accuracy; every evaluation's rewards per prompt go to heldout.jsonl

@@ -77,6 +77,18 @@ class LearnerConfig(_Section):
         "actors' temperature/top_p (pass@1 estimated from k; steadier than greedy on a weak model).",
     )
     keep_snapshots: int = Field(3, ge=1, le=1000, description="Weight snapshots kept on disk.")
+    broadcast_world_size: int = Field(
+        0, ge=0, le=65536,
+        description="torch.distributed weights broadcast (protocol/weights_broadcast.py): 0 = off (file snapshots "
+        "only); W >= 2 = the learner (rank 0) and W - 1 actors with [actor] broadcast_rank 1..W-1 form one group "
+        "(gloo on CPU, NCCL on CUDA). Snapshots are still written (the default path, resume, other actors).",
+    )
+    broadcast_port: int = Field(0, ge=0, le=65535, description="TCPStore port of the broadcast group (0 = pick a free one; actors learn it from `welcome`).")
+    publish_every: int = Field(
+        1, ge=1, le=100_000,
+        description="Publish weights every k steps (and before every evaluation and at the end); groups then lag "
+        "up to k - 1 versions more, so loss.max_lag must be >= k - 1.",
+    )
     checkpoint_every: int = Field(25, ge=1, description="Checkpoint (model + optimizer + ledger position) every N steps.")
     seed: int = Field(0, ge=0, description="Seed of the learner (data order, init of the optimizer).")
 
@@ -126,6 +138,10 @@ class ActorConfig(_Section):
     threads: int = Field(1, ge=1, le=256, description="torch threads per actor process.")
     batch_size: int = Field(64, ge=1, le=4096, description="Rows per generate() call.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Actor engine device (hf: cpu/cuda; vllm: auto).")
+    broadcast_rank: int = Field(
+        0, ge=0, le=65535,
+        description="Rank of this actor in the learner's weights broadcast group (1..W-1, HF engine); 0 = not in it.",
+    )
     weights_dir: str = Field(
         "",
         description="Empty: read snapshots from the learner's folder (shared filesystem). "
@@ -174,6 +190,13 @@ class RunConfig(_Section):
         screen, g = self.learner.screen_samples, self.actor.group_size
         if screen and screen >= g:
             raise ValueError(f"learner.screen_samples ({screen}) must be 0 (off) or below actor.group_size ({g})")
+        rank, world = self.actor.broadcast_rank, self.learner.broadcast_world_size
+        if rank and (rank >= world or self.actor.engine != "hf"):
+            raise ValueError(f"actor.broadcast_rank ({rank}) needs the hf engine and learner.broadcast_world_size > {rank}")
+        k, lag = self.learner.publish_every, self.loss.max_lag
+        if lag < k - 1:
+            raise ValueError(f"loss.max_lag ({lag}) must be >= learner.publish_every - 1 ({k - 1}): groups generated "
+                             f"from a published version are up to {k - 1} versions old when the next one trains")
         return self
 
     def resolved_json(self) -> str:

@@ -320,6 +320,10 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "hello": {"role": Str(choices=("actor", "verifier")), "name": Str(1, 128),
               "capabilities": FreeMap(scalar_only=True)},
     "welcome": {"run_id": Str(),
+                # the learner's weights broadcast group, when it has one (protocol/weights_broadcast.py)
+                "broadcast": Opt(Struct({"port": Int(1, 65535), "world_size": Int(2, 65536),
+                                         "backend": Str(choices=("gloo", "nccl")),
+                                         "dtype": Str(choices=("float32", "bfloat16", "float16"))})),
                 "weights": Opt(Struct({"version": Int(0), "folder": Str(), "manifest_sha256": Str()}))},
     "heartbeat": {},
     "work_request": {"slots": Int(1, MAX_PROMPTS)},

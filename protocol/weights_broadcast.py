@@ -176,13 +176,14 @@ class Receiver:
     """Rank r >= 1 (an actor): joins, then receives every broadcast into a staging buffer."""
 
     def __init__(self, host: str, port: int, rank: int, world_size: int, named_tensors, dtype: torch.dtype | None,
-                 backend: str = "gloo", timeout_s: float = 300.0, device: str = "cpu"):
+                 backend: str = "gloo", timeout_s: float = 300.0, device: str = "cpu", notify=None):
         if not 1 <= rank < world_size:
             raise ValueError(f"receiver rank must be in 1..{world_size - 1}, got {rank}")
         _, self.total, self.layout_id = layout(named_tensors, dtype)
         self.store = dist.TCPStore(host, port, world_size, False, datetime.timedelta(seconds=timeout_s))
         self.rank, self.world_size, self.backend, self.timeout_s, self.device = rank, world_size, backend, timeout_s, device
         self.received: queue.Queue = queue.Queue()  # (version, uint8 buffer) or (version, ValueError)
+        self.notify = notify  # called (from this receiver's thread) after each version
         self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="broadcast-recv", daemon=True)
         self.thread.start()
@@ -208,6 +209,8 @@ class Receiver:
                         f"{self.layout_id:x} ({self.total} bytes)")))
                 else:
                     self.received.put((version, buf))
+                if self.notify is not None:
+                    self.notify()
         except BaseException as exc:  # fault policy: the actor goes back to file snapshots
             self.failed = exc
             log.error("weights broadcast receiver stopped: %s", exc)
