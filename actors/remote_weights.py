@@ -61,7 +61,8 @@ class RemoteWeights:
         if (msg["version"], msg["file"], msg["offset"]) != (version, name, offset):
             raise WeightsError(f"unexpected chunk {msg['file']}@{msg['offset']} v{msg['version']} "
                                f"while fetching {name}@{offset} v{version}")
-        if not msg["data"] and offset < msg["size"]:
+        msg["data"] = msg["data"] if msg["data"] is not None else b""  # the raw frame (a memoryview)
+        if not len(msg["data"]) and offset < msg["size"]:
             raise WeightsError(f"empty chunk for {name} at {offset} of {msg['size']}")
         return msg
 

@@ -178,8 +178,8 @@ class Hub:
             return
         data, size = chunk
         M.WEIGHT_BYTES_SERVED.inc(len(data))
-        await self.ep.send(peer.identity, "weights_chunk", version=msg["version"], file=msg["file"],
-                           offset=msg["offset"], size=size, data=data)
+        await self.ep.send(peer.identity, "weights_chunk", attachment=data, version=msg["version"], file=msg["file"],
+                           offset=msg["offset"], size=size)
 
     async def _on_rollout_group(self, peer: Peer, msg: dict) -> None:
         await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])

@@ -350,9 +350,12 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     # Remote weights (DESIGN §12): an actor without the learner's filesystem pulls snapshot
     # files in chunks; `file` is a name listed in the snapshot's manifest (or manifest.json).
     "weights_fetch": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "length": Int(1, MAX_WEIGHTS_CHUNK)},
+    # `data` travels as a second, raw ZMQ frame (an attachment: zero-copy, see protocol/transport.py);
+    # the receiving endpoint puts it into `data` as a read-only memoryview.
     "weights_chunk": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "size": Int(0),
-                      "data": Bin(MAX_WEIGHTS_CHUNK)},
+                      "data": Opt(Bin(MAX_WEIGHTS_CHUNK))},
 }
+ATTACHMENTS = {"weights_chunk": ("data", MAX_WEIGHTS_CHUNK)}  # kind -> (field, max bytes) of its raw frame
 _POSTS = {"verdicts": _check_verdicts}
 _STRUCTS = {k: Struct({**ENVELOPE, **f}, post=_POSTS.get(k)) for k, f in SCHEMAS.items()}
 
