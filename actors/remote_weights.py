@@ -5,11 +5,12 @@ in chunks (`weights_fetch` -> `weights_chunk`), checks its sha256 against the me
 then fetches every file the manifest lists into a temp folder next to the actor's own
 weights folder, writes READY and renames it into place. Keeps the last `KEEP_LOCAL` versions.
 
-Speed: up to `WINDOW` chunk requests are in flight at once (the learner answers them in
-order on the one connection, so its disk reads and encoding overlap this side's
-receiving), chunks are the largest the wire allows (8 MiB), and each chunk is written and
-hashed in a worker thread while the next ones arrive (hashlib and file writes release the
-GIL). A file whose streamed sha256 differs from the manifest fails the fetch at once, so
+Speed: each `weights_fetch` asks for a range of RANGE_BYTES, which the learner answers as
+consecutive chunks of at most 8 MiB whose bytes travel as raw ZMQ frames (zero-copy on
+both sides, never packed into msgpack); up to WINDOW ranges are requested ahead of what
+has arrived, so the learner's disk reads overlap this side's receiving; each chunk is
+hashed (in order) and written by two worker threads while the next ones arrive (hashlib
+and file writes release the GIL). A file whose streamed sha256 differs from the manifest fails the fetch at once, so
 no second hashing pass is needed here; the engine verifies the folder again when it loads
 it (`load_verified`, the same check the shared-filesystem path makes).
 
@@ -20,6 +21,8 @@ What it does not do: no resumable downloads (a failed fetch starts over at the n
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import hashlib
 import json
 import secrets
@@ -28,8 +31,9 @@ from pathlib import Path
 
 from protocol.weights import MANIFEST, READY, WeightsError, verify_snapshot
 
-CHUNK_BYTES = 8 * 1024 * 1024  # asked per weights_fetch (the wire's limit, MAX_WEIGHTS_CHUNK)
-WINDOW = 4  # chunk requests in flight at once
+RANGE_BYTES = 64 * 1024 * 1024  # asked per weights_fetch; answered as chunks of <= MAX_WEIGHTS_CHUNK
+WINDOW = 2  # ranges in flight at once
+SINKS_AHEAD = 8  # chunks being hashed/written while more are received (bounds the memory they hold)
 CHUNK_TIMEOUT_S = 30.0  # a chunk not answered within this fails the fetch
 KEEP_LOCAL = 2  # fetched versions kept on the actor's disk
 
@@ -50,9 +54,12 @@ class RemoteWeights:
         self.send = send
         self.chunks: asyncio.Queue = asyncio.Queue()
         self.bytes_fetched = 0
+        # one thread hashes, one writes: both release the GIL, so they overlap each other and the receiving
+        self.hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fetch-hash")
+        self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fetch-write")
 
     async def _request(self, version: int, name: str, offset: int) -> None:
-        await self.send("weights_fetch", version=version, file=name, offset=offset, length=CHUNK_BYTES)
+        await self.send("weights_fetch", version=version, file=name, offset=offset, length=RANGE_BYTES)
 
     async def _chunk(self, version: int, name: str, offset: int) -> dict:
         msg = await asyncio.wait_for(self.chunks.get(), CHUNK_TIMEOUT_S)
@@ -67,33 +74,28 @@ class RemoteWeights:
         return msg
 
     async def _file(self, version: int, name: str, dest: Path, sha256: str | None) -> bytes | None:
-        """Fetch one file into dest with up to WINDOW requests in flight, hashing as chunks
-        arrive; check the sha256 when given. Returns the bytes when it is the manifest."""
+        """Fetch one file into dest, keeping up to WINDOW ranges requested ahead of what has
+        arrived; every chunk is hashed (in order) and written in two worker threads while
+        the next ones arrive. Checks the sha256 when given. Returns the manifest's bytes."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
         h = hashlib.sha256()
         await self._request(version, name, 0)
-        first = await self._chunk(version, name, 0)
-        size = first["size"]
-        asked = len(first["data"])  # bytes requested so far beyond the first chunk's start
+        msg = await self._chunk(version, name, 0)
+        size, asked, offset = msg["size"], RANGE_BYTES, 0
+        busy: collections.deque = collections.deque()  # (hash, write) futures of chunks being worked on
         with open(dest, "wb") as f:
-            sink = lambda data: (f.write(data), h.update(data))  # noqa: E731 (runs in a worker thread)
-            pending = []
-            for _ in range(WINDOW - 1):
-                if asked < size:
-                    pending.append(asked)
+            while True:
+                while asked < size and asked - offset < WINDOW * RANGE_BYTES:
                     await self._request(version, name, asked)
-                    asked += CHUNK_BYTES
-            await loop.run_in_executor(None, sink, first["data"])
-            offset = len(first["data"])
-            while offset < size:
-                msg = await self._chunk(version, name, pending.pop(0))
-                if asked < size:  # keep the window full before working on this chunk
-                    pending.append(asked)
-                    await self._request(version, name, asked)
-                    asked += CHUNK_BYTES
-                await loop.run_in_executor(None, sink, msg["data"])
+                    asked += RANGE_BYTES
+                busy.append((self.hasher.submit(h.update, msg["data"]), self.writer.submit(f.write, msg["data"])))
                 offset += len(msg["data"])
+                while len(busy) > SINKS_AHEAD or (offset >= size and busy):
+                    for fut in busy.popleft():
+                        await asyncio.wrap_future(fut)
+                if offset >= size:
+                    break
+                msg = await self._chunk(version, name, offset)
         if sha256 is not None and h.hexdigest() != sha256:
             raise WeightsError(f"fetched {name} of v{version} does not match its manifest sha256")
         self.bytes_fetched += offset

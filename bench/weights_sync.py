@@ -12,8 +12,9 @@ interleaved with the baseline:
   * load: what an HF actor does (`load_verified` + `load_state_dict` into a model of the
     snapshot's dtype);
   * digest: `param_digest` of the actor's parameters (what `weights_loaded` proves);
-  * wire: an actor without the shared filesystem fetching the snapshot from the real hub
-    over loopback (`actors/remote_weights.py`), MB/s;
+  * wire: an actor process without the shared filesystem fetching the snapshot from the
+    real hub over loopback (`actors/remote_weights.py`), MB/s, into a folder on disk and
+    into tmpfs (/dev/shm: the wire without this machine's disk, ~160 MB/s for writes here);
   * broadcast: the torch.distributed path (gloo) from this process to a second one
     (`protocol/weights_broadcast.py`): pack, broadcast and unpack seconds, MB/s, digest match.
 Prints seconds, the ratio of each phase to raw save + load (goal <= 1.3) and MB/s;
@@ -114,9 +115,9 @@ def file_dtype(folder: Path) -> torch.dtype:
     raise FileNotFoundError(f"no safetensors in {folder}")
 
 
-async def wire_fetch(info: dict, work: Path) -> tuple[float, int]:
+async def wire_fetch(info: dict, work: Path, into: Path) -> tuple[float, int]:
     """Seconds and bytes for an actor process without the shared filesystem to fetch a
-    snapshot through the real hub (this process) over loopback."""
+    snapshot through the real hub (this process) over loopback into the folder `into`."""
     from learner.hub import Hub
     from learner.ledger import Ledger
     from protocol.config import RunConfig
@@ -127,12 +128,12 @@ async def wire_fetch(info: dict, work: Path) -> tuple[float, int]:
     serving = asyncio.get_running_loop().create_task(hub.serve())
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--fetch-worker", hub.ep.address, "--version", str(info["version"]),
-        "--manifest-sha256", info["manifest_sha256"], "--into", str(work / "fetched"),
+        "--manifest-sha256", info["manifest_sha256"], "--into", str(into),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     serving.cancel()
     hub.ep.close()
-    shutil.rmtree(work / "fetched", ignore_errors=True)
+    shutil.rmtree(into, ignore_errors=True)
     result = json.loads(out.decode().strip().splitlines()[-1])
     return result["seconds"], result["bytes"]
 
@@ -228,7 +229,9 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
         t["digest"].append(dt)
         match = digest == info["digest"]  # False for tied models until the canonical digest (issue 9)
         gc.collect()
-    wire_s, wire_bytes = asyncio.run(wire_fetch(info, work))
+    wire_s, wire_bytes = asyncio.run(wire_fetch(info, work, work / "fetched"))
+    shm = Path("/dev/shm")  # the same fetch into memory: the wire without this machine's disk
+    shm_s = asyncio.run(wire_fetch(info, work, Path(tempfile.mkdtemp(dir=shm))))[0] if shm.is_dir() else None
     bcast = broadcast_seconds(model, snap_dtype, size)
     med = {k: float(np.median(v)) for k, v in t.items()}
     base = med["raw_save"] + med["raw_load"]
@@ -236,6 +239,7 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
            "snapshot_bytes": nbytes, "digest_match": match, "seconds": t, "median_s": med, "raw_save_load_s": base,
            "ratio_to_raw": {k: med[k] / base for k in ("publish", "verify", "load", "digest")},
            "wire_fetch_s": wire_s, "wire_MBps": wire_bytes / 1e6 / wire_s,
+           "wire_fetch_tmpfs_s": shm_s, "wire_MBps_tmpfs": wire_bytes / 1e6 / shm_s if shm_s else None,
            "broadcast": bcast, "broadcast_MBps": nbytes / 1e6 / bcast["broadcast_s"]}
     del model, actor, tensors
     gc.collect()
@@ -270,7 +274,8 @@ def main() -> None:
         print(f"{size}: {r['params'] / 1e6:.0f}M params, snapshot {r['snapshot_dtype']} {r['snapshot_bytes'] / 1e9:.2f} GB; "
               f"raw save {med['raw_save']:.2f}s + load {med['raw_load']:.2f}s = {r['raw_save_load_s']:.2f}s")
         print("  " + "  ".join(f"{k} {med[k]:.2f}s ({rat[k]:.2f}x)" for k in rat))
-        print(f"  wire fetch {r['wire_fetch_s']:.2f}s ({r['wire_MBps']:.0f} MB/s)" +
+        print(f"  wire fetch {r['wire_fetch_s']:.2f}s ({r['wire_MBps']:.0f} MB/s to disk, "
+              f"{r['wire_MBps_tmpfs'] or 0:.0f} MB/s to tmpfs)" +
               f"; broadcast {r['broadcast']['broadcast_s']:.2f}s ({r['broadcast_MBps']:.0f} MB/s, pack "
               f"{r['broadcast']['pack_s']:.2f}s, unpack {r['broadcast']['unpack_s']:.2f}s, digest match "
               f"{r['broadcast']['digest_match']})")

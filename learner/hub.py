@@ -36,6 +36,7 @@ from learner import metrics as M
 from learner.ledger import Ledger
 from learner.screening import Screening
 from learner.weights_server import read_chunk
+from protocol.messages import MAX_WEIGHTS_CHUNK
 from protocol.summaries import HIDDEN_K
 from protocol.transport import RouterEndpoint
 
@@ -169,17 +170,24 @@ class Hub:
         peer.version = msg["version"]
 
     async def _on_weights_fetch(self, peer: Peer, msg: dict) -> None:
-        """Serve one chunk of a snapshot file to an actor without the shared filesystem."""
-        chunk = read_chunk(self.weights_root, msg["version"], msg["file"], msg["offset"], msg["length"]) \
-            if self.weights_root else None
-        if chunk is None:
-            await self.ep.send(peer.identity, "error", code="weights_unavailable",
-                               message=f"v{msg['version']}/{msg['file']} is not a file of a kept snapshot")
-            return
-        data, size = chunk
-        M.WEIGHT_BYTES_SERVED.inc(len(data))
-        await self.ep.send(peer.identity, "weights_chunk", attachment=data, version=msg["version"], file=msg["file"],
-                           offset=msg["offset"], size=size)
+        """Serve a byte range of a snapshot file to an actor without the shared filesystem,
+        as consecutive `weights_chunk`s of at most MAX_WEIGHTS_CHUNK bytes (raw frames)."""
+        offset, end = msg["offset"], msg["offset"] + msg["length"]
+        while True:
+            n = min(MAX_WEIGHTS_CHUNK, end - offset)
+            chunk = read_chunk(self.weights_root, msg["version"], msg["file"], offset, n) if self.weights_root else None
+            if chunk is None:
+                await self.ep.send(peer.identity, "error", code="weights_unavailable",
+                                   message=f"v{msg['version']}/{msg['file']} is not a file of a kept snapshot")
+                return
+            data, size = chunk
+            M.WEIGHT_BYTES_SERVED.inc(len(data))
+            await self.ep.send(peer.identity, "weights_chunk", attachment=data, version=msg["version"],
+                               file=msg["file"], offset=offset, size=size)
+            offset += len(data)
+            if not data or offset >= min(end, size):
+                return
+            await asyncio.sleep(0)  # other peers' messages between chunks
 
     async def _on_rollout_group(self, peer: Peer, msg: dict) -> None:
         await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])

@@ -32,6 +32,7 @@ MAX_TOKENS = 8192  # longest completion (T) in a rollout sample
 MAX_GROUP = 256  # samples per group / completions per verify job
 MAX_PROMPTS = 1024  # prompts per work item, also slots per work_request
 MAX_WEIGHTS_CHUNK = 8 * 1024 * 1024  # bytes of one weights_chunk
+MAX_WEIGHTS_RANGE = 256 * 1024 * 1024  # bytes one weights_fetch may ask for (answered in chunks)
 MAX_PROMPT_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt text
 MAX_IDS = 1 << 16  # ids in one ack
 MAX_HIDDEN_K = 1024  # projected hidden-state width k a work message may ask for
@@ -349,7 +350,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "error": {"code": Str(), "message": Str()},
     # Remote weights (DESIGN §12): an actor without the learner's filesystem pulls snapshot
     # files in chunks; `file` is a name listed in the snapshot's manifest (or manifest.json).
-    "weights_fetch": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "length": Int(1, MAX_WEIGHTS_CHUNK)},
+    "weights_fetch": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "length": Int(1, MAX_WEIGHTS_RANGE)},
     # `data` travels as a second, raw ZMQ frame (an attachment: zero-copy, see protocol/transport.py);
     # the receiving endpoint puts it into `data` as a read-only memoryview.
     "weights_chunk": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "size": Int(0),

@@ -9,6 +9,7 @@ import queue
 import pytest
 
 from actors import remote_weights as RW
+from learner import hub as hub_module
 from learner.hub import Hub
 from learner.ledger import Ledger
 from protocol.config import RunConfig
@@ -49,7 +50,8 @@ async def _fetch(tmp_path, corrupt: bool = False):
 
 
 async def test_pipelined_fetch_reassembles_the_snapshot(tmp_path, monkeypatch):
-    monkeypatch.setattr(RW, "CHUNK_BYTES", 64 * 1024)  # many chunks, WINDOW of them in flight
+    monkeypatch.setattr(RW, "RANGE_BYTES", 64 * 1024)  # many ranges, WINDOW of them in flight,
+    monkeypatch.setattr(hub_module, "MAX_WEIGHTS_CHUNK", 16 * 1024)  # each answered in 4 chunks
     info, folder, remote = await _fetch(tmp_path)
     src = tmp_path / "weights" / "v000001"
     assert verify_snapshot(folder, info["manifest_sha256"])["version"] == 1
@@ -60,7 +62,7 @@ async def test_pipelined_fetch_reassembles_the_snapshot(tmp_path, monkeypatch):
 
 
 async def test_a_file_that_differs_from_its_manifest_fails_the_fetch(tmp_path, monkeypatch):
-    monkeypatch.setattr(RW, "CHUNK_BYTES", 256 * 1024)
+    monkeypatch.setattr(RW, "RANGE_BYTES", 256 * 1024)
     with pytest.raises(WeightsError, match="does not match its manifest sha256"):
         await _fetch(tmp_path, corrupt=True)
     assert not any(p.name.startswith("v") for p in (tmp_path / "fetched").iterdir())
