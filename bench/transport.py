@@ -51,6 +51,7 @@ TOKENS = 30  # completion tokens per sample
 STEP_GROUPS = 16  # groups the trainer thread marks trained at once
 DIGEST = "d" * 64
 SLOTS = 64  # actor credit (work messages outstanding)
+IN_FLIGHT = 1024  # the hub's dispatch window: large, so the staleness policy does not bound the transport
 
 
 def rollout(work_id: str, prompt_id: str, rng: np.random.Generator) -> dict:
@@ -73,16 +74,19 @@ def verdicts(job_id: str) -> dict:
 
 
 async def peer(address: str) -> None:
-    """One actor + one verifier DEALER talking to `address` until told to stop (kind `error`)."""
+    """One actor + one verifier DEALER talking to `address` until told to stop (kind `error`).
+    Replies are templates encoded once and re-packed with the new ids (no validation here: the
+    peer should cost as little as possible, in both arms alike)."""
     ctx = zmq.asyncio.Context.instance()
-    rng = np.random.default_rng(0)
-    template = rollout("w", "p", rng)
+    template = rollout("w", "p", np.random.default_rng(0))
+    judged = verdicts("j")
     actor, verifier = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
     for sock, name in ((actor, b"actor-0"), (verifier, b"verifier-0")):
         sock.setsockopt(zmq.IDENTITY, name)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(address)
     pack = lambda kind, **f: msgpack.packb(messages.make(kind, "peer", 0, **f), default=messages_default)  # noqa: E731
+    more = pack("work_request", slots=1)
     await actor.send(pack("hello", role="actor", name="actor-0", capabilities={}))
     await verifier.send(pack("hello", role="verifier", name="verifier-0", capabilities={}))
     await verifier.send(pack("work_request", slots=SLOTS))
@@ -95,7 +99,7 @@ async def peer(address: str) -> None:
             if msg["kind"] == "work":
                 out = dict(template, work_id=msg["work_id"], prompt_id=msg["prompts"][0]["id"])
                 await actor.send(msgpack.packb(out, default=messages_default))
-                await actor.send(pack("work_request", slots=1))
+                await actor.send(more)
             elif msg["kind"] == "error":
                 return
 
@@ -103,7 +107,7 @@ async def peer(address: str) -> None:
         while True:
             msg = msgpack.unpackb(await verifier.recv(), raw=False)
             if msg["kind"] == "verify_job":
-                await verifier.send(msgpack.packb(verdicts(msg["job_id"]), default=messages_default))
+                await verifier.send(msgpack.packb(dict(judged, job_id=msg["job_id"])))
             elif msg["kind"] == "error":
                 return
 
@@ -127,7 +131,7 @@ async def hub_arm(n_groups: int) -> float:
     from learner.ledger import Ledger
     from protocol.config import parse_config
 
-    cfg = parse_config({"learner": {"screen_samples": 0, "prompts_per_step": STEP_GROUPS},
+    cfg = parse_config({"learner": {"screen_samples": 0, "prompts_per_step": STEP_GROUPS, "max_in_flight": IN_FLIGHT},
                         "hub": {"bind": "tcp://127.0.0.1:0"}})
     rows = [{"id": f"p{i}", "prompt": "12+34+56=", "meta": {"answer": "102"}} for i in range(n_groups + 1000)]
     with tempfile.TemporaryDirectory() as d:

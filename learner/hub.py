@@ -107,7 +107,8 @@ class Hub:
             while True:
                 identity, msg = await self.ep.recv()
                 M.BAD_MESSAGES.set(self.ep.bad_messages)
-                await self.handle(identity, msg)
+                with self.ledger.batch():  # one commit per message handled, not one per transition
+                    await self.handle(identity, msg)
         finally:
             housekeeping.cancel()
 
@@ -270,15 +271,15 @@ class Hub:
         hold their place in the window), new prompts while the window has room."""
         return self.training_open and (bool(self.retry) or self.ledger.in_flight_count() < self._window())
 
-    def _next_item(self) -> tuple[str, str]:
+    def _next_item(self) -> tuple[str, str, bool]:
+        """(item id, prompt id, new): a waiting in-flight item first, else the next prompt."""
         if self.retry:
             item_id = self.retry.popleft()
-            return item_id, item_id.rsplit("@", 1)[0]
+            return item_id, item_id.rsplit("@", 1)[0], False
         prompt_id = self.order[self.cursor % len(self.order)]
         item_id = f"{prompt_id}@{self.cursor}"
         self.cursor += 1
-        self.ledger.set_meta("cursor", str(self.cursor))
-        return item_id, prompt_id
+        return item_id, prompt_id, True
 
     def _actors(self) -> list[Peer]:
         ready = [p for p in self.peers.values() if p.role == "actor" and not p.quarantined and p.credit > 0 and p.version >= 0]
@@ -301,9 +302,10 @@ class Hub:
             peer.credit -= 1
         while self._window_open() and self._actors():
             peer = self._actors()[0]
-            item_id, prompt_id = self._next_item()
-            if self.ledger.state(item_id) is None:
-                self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version)
+            item_id, prompt_id, new = self._next_item()
+            if new:  # the row and the cursor past it in one transaction
+                self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version,
+                                     meta={"cursor": str(self.cursor)})
             else:
                 self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
             row = self.rows[prompt_id]
