@@ -51,6 +51,7 @@ TOKENS = 30  # completion tokens per sample
 STEP_GROUPS = 16  # groups the trainer thread marks trained at once
 DIGEST = "d" * 64
 SLOTS = 64  # actor credit (work messages outstanding)
+BATCH = 8  # groups the actor answers per generate call (8 x 8 samples = its 64-row batch)
 IN_FLIGHT = 1024  # the hub's dispatch window: large, so the staleness policy does not bound the transport
 
 
@@ -86,7 +87,7 @@ async def peer(address: str) -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(address)
     pack = lambda kind, **f: msgpack.packb(messages.make(kind, "peer", 0, **f), default=messages_default)  # noqa: E731
-    more = pack("work_request", slots=1)
+    more = pack("work_request", slots=BATCH)
     await actor.send(pack("hello", role="actor", name="actor-0", capabilities={}))
     await verifier.send(pack("hello", role="verifier", name="verifier-0", capabilities={}))
     await verifier.send(pack("work_request", slots=SLOTS))
@@ -94,14 +95,21 @@ async def peer(address: str) -> None:
     await actor.send(pack("work_request", slots=SLOTS))
 
     async def serve_actor():
+        """Like the real actor: work is answered a batch (BATCH groups = its 64-row generate
+        call) at a time, then one work_request gives the credit back."""
+        batch = []
         while True:
             msg = msgpack.unpackb(await actor.recv(), raw=False)
             if msg["kind"] == "work":
-                out = dict(template, work_id=msg["work_id"], prompt_id=msg["prompts"][0]["id"])
-                await actor.send(msgpack.packb(out, default=messages_default))
-                await actor.send(more)
+                batch.append(msg)
             elif msg["kind"] == "error":
                 return
+            if len(batch) == BATCH:
+                for w in batch:
+                    out = dict(template, work_id=w["work_id"], prompt_id=w["prompts"][0]["id"])
+                    await actor.send(msgpack.packb(out, default=messages_default))
+                await actor.send(more)
+                batch.clear()
 
     async def serve_verifier():
         while True:
@@ -194,7 +202,7 @@ async def raw_arm(n_groups: int) -> float:
         identity, payload = await router.recv_multipart()
         if identity == b"actor-0":
             if b"work_request" in payload:
-                slots = msgpack.unpackb(payload)["slots"]  # the initial credit, then 1 per rollout
+                slots = msgpack.unpackb(payload)["slots"]  # the initial credit, then BATCH per batch
                 for _ in range(slots):
                     await router.send_multipart([identity, work])
             elif len(payload) > 1000:  # a rollout group
