@@ -49,9 +49,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SETS = ["learner.eval_every=5", "learner.max_steps=150", "learner.checkpoint_every=1000"]
+DEFAULT_SETS = ["learner.eval_every=10", "learner.max_steps=150", "learner.checkpoint_every=1000"]
 LOOP_PROMPTS_PER_CALL = 8  # prompts per generate() call in the loop: 8 x group 8 = the actors' 64 rows
 POLL_S = 1.0  # how often a running `scca run` arm is checked for the target
+BOOTSTRAP = ROOT / ".cache" / "scca" / "bootstrap-s0"  # the model every arm starts from (--bootstrap-dir)
 
 
 # ----------------------------------------------------------------------------- the one-process loop
@@ -184,20 +185,26 @@ def reached(run_dir: Path, gain: float) -> bool:
     return len(accs) >= 2 and max(accs[1:]) >= accs[0] + gain
 
 
-def run_arm(name: str, arm_sets: list[str], base_sets: list[str], run_dir: Path, gain: float) -> float:
-    """Run one arm to the target (or its budget); returns the wall seconds of the whole invocation."""
+def run_arm(name: str, arm_sets: list[str], base_sets: list[str], run_dir: Path, gain: float,
+            before_tree: Path | None) -> float:
+    """Run one arm to the target (or its budget); returns the wall seconds of the whole invocation.
+    A `before` arm runs `scca run` from the checkout `before_tree` (its own code and defaults)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    cfg_path = prepare(base_sets, arm_sets, run_dir)
     t = time.perf_counter()
-    if name == "loop" or name.startswith("loop:"):
+    if name.startswith("loop"):
+        bootstrap = str(BOOTSTRAP.resolve())
+        cfg_path = prepare(base_sets, arm_sets + [f"model.bootstrap_dir={bootstrap}"], run_dir)
         subprocess.run([sys.executable, __file__, "--loop-worker", str(cfg_path), "--run-dir", str(run_dir),
                         "--gain", str(gain)], cwd=ROOT, check=True)
         return time.perf_counter() - t
+    tree = before_tree if name.startswith("before") else ROOT
+    bootstrap = str(BOOTSTRAP.resolve())  # the same model for every arm
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, "-m", "deploy.cli", "run", "deploy/default.toml", "--out", str(run_dir.resolve()),
+           *sum((["--set", x] for x in base_sets + arm_sets + [f"model.bootstrap_dir={bootstrap}"]), [])]
     log = open(run_dir.parent / f"{run_dir.name}.launcher.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", str(cfg_path), "--out", str(run_dir),
-                             *sum((["--set", s] for s in base_sets + arm_sets), [])],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
     stopped = False
     while proc.poll() is None:
         time.sleep(POLL_S)
@@ -220,20 +227,34 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 def train_wall(row: dict) -> float:
     """Wall seconds of training up to this row: evaluations (all of them before this row's
-    own, which ran after `wall` was taken) subtracted."""
+    own, which ran after `wall` was taken) subtracted. Rows without eval timings (a `before`
+    arm) keep their evaluations in."""
     return row["wall"] - (row.get("eval_seconds", 0.0) - row.get("time_eval", 0.0))
 
 
-def time_to_target(rows: list[dict], gain: float) -> tuple[float | None, float]:
-    """(training seconds at which held-out accuracy first reaches start + gain, linearly
-    interpolated between the evaluations around the crossing; None if never), start accuracy."""
-    evals = [(0.0 if r["step"] == 0 else train_wall(r), r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
+def time_to_target(rows: list[dict], gain: float, clock) -> tuple[float | None, float]:
+    """(clock(row) at which held-out accuracy first reaches start + gain, linearly
+    interpolated between the evaluations around the crossing; None if never), start accuracy.
+    The start evaluation is at 0."""
+    evals = [(0.0 if r["step"] == 0 else clock(r), r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
     before = evals[0][1]
     target = before + gain
     for (t0, a0), (t1, a1) in zip(evals, evals[1:]):
         if a1 >= target:
             return t0 + (t1 - t0) * (target - a0) / max(a1 - a0, 1e-9), before
     return None, before
+
+
+def generated_from_ledger(run_dir: Path, group_size: int) -> int:
+    """Samples generated, from the ledger, for runs whose rows do not count them (no screening
+    there: every trained or dropped group was generated in full)."""
+    import sqlite3
+
+    db = sqlite3.connect(run_dir / "ledger.sqlite")
+    n = db.execute("SELECT COUNT(*) FROM items WHERE state IN ('scored','trained') OR "
+                   "(state='dropped' AND reason IN ('no_signal','stale'))").fetchone()[0]
+    db.close()
+    return int(n) * group_size
 
 
 def busy_from_logs(run_dir: Path) -> dict:
@@ -253,16 +274,22 @@ def busy_from_logs(run_dir: Path) -> dict:
 def summarise(name: str, run_dir: Path, gain: float, invocation_s: float) -> dict:
     rows = read_rows(run_dir)
     steps = [r for r in rows if r.get("step", 0) > 0 and "samples_trained" in r]
-    ttt, before = time_to_target(rows, gain)
+    if not steps:
+        raise RuntimeError(f"arm {name} trained no step; see {run_dir}/logs or {run_dir.parent}/{run_dir.name}.launcher.log")
+    timed_evals = "eval_seconds" in steps[-1]
+    ttt, before = time_to_target(rows, gain, train_wall)
+    ttt_wall, _ = time_to_target(rows, gain, lambda r: r["wall"])
     last = steps[-1]
     wall = train_wall(last)
-    out = {"arm": name, "heldout_before": before, "time_to_target_s": ttt, "steps": last["step"],
-           "samples_trained": last["samples_trained"], "samples_generated": last.get("samples_generated"),
-           "train_wall_s": wall, "invocation_s": invocation_s,
+    generated = last.get("samples_generated") or generated_from_ledger(run_dir, 8)
+    out = {"arm": name, "heldout_before": before, "time_to_target_s": ttt if timed_evals else None,
+           "time_to_target_with_evals_s": ttt_wall, "steps": last["step"],
+           "samples_trained": last["samples_trained"], "samples_generated": generated,
+           "train_wall_s": wall, "evals_excluded": timed_evals, "invocation_s": invocation_s,
            "heldout_last": [r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r][-1]}
     out["trained_per_s"] = last["samples_trained"] / wall
-    out["generated_per_s"] = (last.get("samples_generated") or 0) / wall
-    out["trained_over_generated"] = last["samples_trained"] / max(last.get("samples_generated") or 1, 1)
+    out["generated_per_s"] = generated / wall
+    out["trained_over_generated"] = last["samples_trained"] / max(generated, 1)
     if name.startswith("loop"):
         out["busy"] = {k[len("time_total_"):]: v / last["wall"] for k, v in last.items() if k.startswith("time_total_")}
     else:
@@ -284,8 +311,8 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
     m = re.match(r"lag(\d+)", name)
     if m:
         sets = [f"loss.max_lag={m.group(1)}"] + sets
-    elif not name.startswith("loop"):
-        raise SystemExit(f"arm {spec!r}: names are loop[...] or lagK[...] (K = max_lag)")
+    elif not name.startswith(("loop", "before")):
+        raise SystemExit(f"arm {spec!r}: names are loop[...], lagK[...] (K = max_lag) or before[...]")
     return name, sets
 
 
@@ -304,30 +331,38 @@ def combine(results: list[dict]) -> dict:
     return out
 
 
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
 def report(arms: dict[str, dict], gain: float) -> dict:
-    loop = next((v for k, v in arms.items() if k.startswith("loop")), None)
-    fmt = "{:14s} {:>9s} {:>9s} {:>9s} {:>9s} {:>8s} {:>8s}  {}"
-    print(fmt.format("arm", "t->+%.2f" % gain, "vs loop", "trained/s", "gen/s", "trained%", "steps", "busy"))
-    ratios = {}
+    """Print the table and the ratios against the loop; return the ratios for the JSON."""
+    loop = next((v for k, v in arms.items() if k.startswith("loop")), None) or {}
+    fmt = "{:14s} {:>9s} {:>8s} {:>10s} {:>8s} {:>9s} {:>8s} {:>8s} {:>5s}  {}"
+    print(fmt.format("arm", f"t->+{gain:.2f}", "vs loop", "with evals", "vs loop", "trained/s", "gen/s", "trained%",
+                     "steps", "busy"))
+    ratios, ratios_wall = {}, {}
     for name, r in arms.items():
-        ttt = r["time_to_target_s"]
-        ratio = ttt / loop["time_to_target_s"] if loop and ttt and loop["time_to_target_s"] else None
-        ratios[name] = ratio
+        ttt, ttw = r["time_to_target_s"], r["time_to_target_with_evals_s"]
+        ratios[name] = ratio(ttt, loop.get("time_to_target_s"))
+        ratios_wall[name] = ratio(ttw, loop.get("time_to_target_with_evals_s"))
         busy = " ".join(f"{k}={v:.2f}" for k, v in r["busy"].items())
-        print(fmt.format(name, f"{ttt:.0f}s" if ttt else "never", f"{ratio:.2f}x" if ratio else "-",
+        print(fmt.format(name, f"{ttt:.0f}s" if ttt else "-", f"{ratios[name]:.2f}x" if ratios[name] else "-",
+                         f"{ttw:.0f}s" if ttw else "never", f"{ratios_wall[name]:.2f}x" if ratios_wall[name] else "-",
                          f"{r['trained_per_s']:.1f}", f"{r['generated_per_s']:.1f}",
                          f"{100 * r['trained_over_generated']:.0f}%", f"{r['steps']:.0f}", busy))
     if loop:
-        print("ratios vs loop (trained/s, generated/s):",
-              ", ".join(f"{k} {r['trained_per_s'] / loop['trained_per_s']:.2f}/{r['generated_per_s'] / loop['generated_per_s']:.2f}"
-                        for k, r in arms.items() if k != "loop"))
-    lag_ratios = {re.match(r"lag(\d+)", k).group(1): v for k, v in ratios.items()
-                  if re.fullmatch(r"lag\d+", k)}
-    return {"time_to_target_ratio_vs_loop": lag_ratios, "time_to_target_ratio_vs_loop_by_arm": ratios,
+        print("vs loop, trained/s and generated/s:", ", ".join(
+            f"{k} {r['trained_per_s'] / loop['trained_per_s']:.2f}x/{r['generated_per_s'] / loop['generated_per_s']:.2f}x"
+            for k, r in arms.items() if not k.startswith("loop")))
+    lag = {re.fullmatch(r"lag(\d+)", k).group(1): v for k, v in ratios.items() if re.fullmatch(r"lag\d+", k)}
+    return {"time_to_target_ratio_vs_loop": lag, "time_to_target_ratio_vs_loop_by_arm": ratios,
+            "time_to_target_with_evals_ratio_vs_loop_by_arm": ratios_wall,
             "trained_over_generated": {k: r["trained_over_generated"] for k, r in arms.items()}}
 
 
 def main() -> None:
+    global BOOTSTRAP
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arms", default="loop,lag0,lag1,lag2", help="comma list: loop, lagK, or name:key=value,... "
                     "(use ';' between arms when an arm has several overrides)")
@@ -336,11 +371,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="override for every arm (section.key=value)")
     ap.add_argument("--out", default="runs/bench-pipeline")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "pipeline.json"))
+    ap.add_argument("--bootstrap-dir", default=str(BOOTSTRAP))
+    ap.add_argument("--before-tree", type=Path, help="checkout whose `scca run` the `before` arm runs (e.g. a "
+                    "`git worktree` of main before these changes)")
     ap.add_argument("--loop-worker", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.loop_worker:
         return OneProcessLoop(Path(args.loop_worker)).run(Path(args.run_dir), args.gain)
+    os.chdir(ROOT)
+    BOOTSTRAP = Path(args.bootstrap_dir).resolve()
     specs = [parse_arm(s) for s in re.split(r"[;]" if ";" in args.arms else r",", args.arms) if s]
     base = DEFAULT_SETS + args.set
     results: dict[str, list[dict]] = {name: [] for name, _ in specs}
@@ -348,7 +388,7 @@ def main() -> None:
         for name, sets in (specs if rep % 2 == 0 else specs[::-1]):
             run_dir = Path(args.out) / f"{name}-r{rep}"
             print(f"[{time.strftime('%H:%M:%S')}] {name} (repeat {rep}) load {os.getloadavg()[0]:.1f}", flush=True)
-            seconds = run_arm(name, sets, base, run_dir, args.gain)
+            seconds = run_arm(name, sets, base, run_dir, args.gain, args.before_tree)
             results[name].append(summarise(name, run_dir, args.gain, seconds))
             print(json.dumps(results[name][-1]), flush=True)
     arms = {name: combine(rs) for name, rs in results.items()}

@@ -98,7 +98,8 @@ class Hub:
         self.digest_bad = 0
         self.samples_generated = 0  # training samples received (first copies), kept or not
         self.broadcast: dict | None = None  # announced in `welcome` when the learner runs a broadcast group
-        self.screening = Screening(cfg.actor.group_size, cfg.learner.screen_samples)  # SPEED (learner/screening.py)
+        screen = cfg.learner.screen_samples if cfg.loss.drop_no_signal else 0  # groups without signal are kept: no screening
+        self.screening = Screening(cfg.actor.group_size, screen)  # SPEED (learner/screening.py)
 
     # --- main loop -----------------------------------------------------------------
     async def serve(self) -> None:

@@ -65,7 +65,8 @@ class LearnerConfig(_Section):
     screen_samples: int = Field(
         4, ge=0, le=255,
         description="SPEED screening: draw this many samples of a prompt first and the rest of the group only if "
-        "their rewards differ (else the prompt is dropped as `screened`); 0 = off, else < actor.group_size.",
+        "their rewards differ (else the prompt is dropped as `screened`); 0 = off, else < actor.group_size. "
+        "Only with loss.drop_no_signal (a run that trains groups without signal screens nothing).",
     )
     threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Learner device; auto = cuda when available.")
