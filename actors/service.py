@@ -196,6 +196,7 @@ class Actor:
             return
         t = time.perf_counter()
         await loop.run_in_executor(self.pool, self.bcast.apply, self.engine, version, buf)
+        log.info("loaded broadcast v%d in %.2fs", version, time.perf_counter() - t)
         await self.report_loaded(loop, t)
 
     async def weights_folder(self, msg: dict) -> Path:
