@@ -102,6 +102,10 @@ class Actor:
             if msg["weights"] is not None:
                 self.queue.append({"kind": "weights_published", **msg["weights"]})
             self.wakeup.set()
+        elif kind == "work" and msg.get("urgent"):
+            self.queue.appendleft(msg)  # a screened prompt's continuation: its group is waiting on it
+            QUEUE.set(len(self.queue))
+            self.wakeup.set()
         elif kind in ("work", "weights_published"):
             self.queue.append(msg)
             QUEUE.set(len(self.queue))
@@ -141,7 +145,7 @@ class Actor:
         batch, rows = [first], len(first["prompts"]) * first["group_size"]
         while self.queue and self.queue[0]["kind"] == "work":
             nxt = self.queue[0]
-            key = ("sampling", "group_size", "eval", "hidden_k")
+            key = ("sampling", "group_size", "eval", "hidden_k")  # urgent or not: one generate call
             same = all(nxt.get(k) == first.get(k) for k in key)
             more = len(nxt["prompts"]) * nxt["group_size"]
             if not same or rows + more > self.cfg.actor.batch_size:

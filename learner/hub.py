@@ -313,7 +313,8 @@ class Hub:
             work_id, group_size = self.screening.work(item_id)
             await self.ep.send(peer.identity, "work", work_id=work_id, policy_version=self.version,
                                prompts=[{"id": prompt_id, "text": row["prompt"]}], group_size=group_size,
-                               sampling=sampling, eval=False, hidden_k=hidden_k)
+                               sampling=sampling, eval=False, hidden_k=hidden_k,
+                               urgent=self.screening.is_continuation(work_id))
             peer.credit -= 1
         await self._pump_verifiers()
 

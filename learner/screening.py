@@ -16,7 +16,10 @@ and yields a group with probability 1 - p^k - (1 - p)^k, against G samples and
 
 What it does: the bookkeeping of the two phases for the hub. An item (ledger row) is
 dispatched under its own id for screening and under `id + CONTINUATION` for the rest,
-so a late copy of one phase is never taken for the other; the screened part waits here
+so a late copy of one phase is never taken for the other; a continuation is sent `urgent`
+(the actor generates it before the work it already holds: the group's policy lag counts
+from its older screening samples, so every queued batch it waited behind would age it);
+the screened part waits here
 (in memory) until its continuation is scored, then `merge` joins them. The merged group's
 `weights_version` is the older part's (staleness counts from the oldest sample; each
 sample keeps its own behaviour log-probs, so the loss's importance weights stay exact).
@@ -53,6 +56,12 @@ class Screening:
         if item_id in self.parked:
             return item_id + CONTINUATION, self.group_size - self.screen
         return item_id, self.screen
+
+    @staticmethod
+    def is_continuation(work_id: str) -> bool:
+        """A continuation's group waits on it, and its age counts from the older screening
+        samples: the hub marks it `urgent` so the actor generates it before queued work."""
+        return work_id.endswith(CONTINUATION)
 
     @staticmethod
     def item_of(work_id: str) -> str:

@@ -336,6 +336,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
                             "max_new_tokens": Int(1, MAX_TOKENS)}),
         "eval": Bool(),
         "hidden_k": Opt(Int(1, MAX_HIDDEN_K)),  # also send projected hidden states [T, k] (protocol.summaries)
+        "urgent": Opt(Bool()),  # generate before the work already queued (a screened prompt's continuation)
     },
     "rollout_group": {"work_id": Str(), "prompt_id": Str(), "weights_version": Int(0),
                       "weights_digest": Str(), "gen_seconds": Float(0.0),

@@ -44,7 +44,7 @@ async def test_screen_drop_continue_merge_and_duplicate(tmp_path):
         await actor.send("weights_loaded", version=0, digest=DIGEST, canary_logprob=0.0)
         await actor.send("work_request", slots=2)
         works = [await _next(actor, "work") for _ in range(2)]
-        assert [w["group_size"] for w in works] == [3, 3]
+        assert [w["group_size"] for w in works] == [3, 3] and not any(w["urgent"] for w in works)
         for w, rewards in zip(works, ([0.0, 0.0, 0.0], [0.0, 1.0, 0.0])):
             await actor.send("rollout_group", work_id=w["work_id"], prompt_id=w["prompts"][0]["id"], weights_version=0,
                              weights_digest=DIGEST, gen_seconds=0.1, samples=_samples(3))
@@ -53,7 +53,7 @@ async def test_screen_drop_continue_merge_and_duplicate(tmp_path):
                                 verifier_version="x")
         await actor.send("work_request", slots=2)
         cont = await _next(actor, "work")  # the mixed screen continues first; the dropped one freed its slot
-        assert cont["work_id"] == works[1]["work_id"] + "+" and cont["group_size"] == 5
+        assert cont["work_id"] == works[1]["work_id"] + "+" and cont["group_size"] == 5 and cont["urgent"]
         late = dict(work_id=works[1]["work_id"], prompt_id=works[1]["prompts"][0]["id"], weights_version=0,
                     weights_digest=DIGEST, gen_seconds=0.1, samples=_samples(3))
         await actor.send("rollout_group", **late)  # a late copy of the screen: a duplicate now
