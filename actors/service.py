@@ -222,6 +222,7 @@ class Actor:
             max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size,
             hidden_k=batch[0]["hidden_k"]))
         seconds = time.perf_counter() - t
+        log.debug("generated %d rows (%d work items) in %.2fs", sum(len(g) for g in groups), len(batch), seconds)
         self.busy_s["generate"] += seconds
         BUSY_S.inc(seconds)
         n_tokens = sum(len(x.token_ids) for g in groups for x in g)
