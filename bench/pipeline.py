@@ -12,8 +12,8 @@ step budget is spent:
   * `lagK`: `scca run` (learner, 2 actors, 1 verifier as processes on loopback) with
     `loss.max_lag = K`; an arm may add `--set` overrides (`name:key=value,key=value`).
 It prints, per arm: wall time to +gain (training wall: held-out evaluations and process
-start excluded, the same evaluation schedule everywhere; interpolated between the two
-evaluations around the crossing), trained and generated samples per second, the share of
+start excluded, the same evaluation schedule everywhere; read off the isotonic fit of the
+evaluations, which one lucky or unlucky evaluation does not move much), trained and generated samples per second, the share of
 generated samples that were trained, busy fractions from the run's own timings (learner:
 Σ of its step phases except collect and eval; actors: generate seconds; verifier: seconds
 with a job in progress; loop: its own phases), and the ratios against `loop`.
@@ -49,7 +49,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SETS = ["learner.eval_every=10", "learner.max_steps=150", "learner.checkpoint_every=1000"]
+DEFAULT_SETS = ["learner.eval_every=5", "learner.max_steps=150", "learner.checkpoint_every=1000"]
 LOOP_PROMPTS_PER_CALL = 8  # prompts per generate() call in the loop: 8 x group 8 = the actors' 64 rows
 POLL_S = 1.0  # how often a running `scca run` arm is checked for the target
 BOOTSTRAP = ROOT / ".cache" / "scca" / "bootstrap-s0"  # the model every arm starts from (--bootstrap-dir)
@@ -180,11 +180,6 @@ def prepare(base_sets: list[str], arm_sets: list[str], run_dir: Path) -> Path:
     return run_dir / "config.json"
 
 
-def reached(run_dir: Path, gain: float) -> bool:
-    accs = [r["heldout_accuracy"] for r in read_rows(run_dir) if "heldout_accuracy" in r]
-    return len(accs) >= 2 and max(accs[1:]) >= accs[0] + gain
-
-
 def run_arm(name: str, arm_sets: list[str], base_sets: list[str], run_dir: Path, gain: float,
             before_tree: Path | None) -> float:
     """Run one arm to the target (or its budget); returns the wall seconds of the whole invocation.
@@ -232,17 +227,38 @@ def train_wall(row: dict) -> float:
     return row["wall"] - (row.get("eval_seconds", 0.0) - row.get("time_eval", 0.0))
 
 
+def isotonic(values: list[float]) -> list[float]:
+    """The non-decreasing least-squares fit of a sequence (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
 def time_to_target(rows: list[dict], gain: float, clock) -> tuple[float | None, float]:
-    """(clock(row) at which held-out accuracy first reaches start + gain, linearly
-    interpolated between the evaluations around the crossing; None if never), start accuracy.
-    The start evaluation is at 0."""
+    """(clock(row) at which held-out accuracy reaches start + gain, None if never; start accuracy).
+
+    One evaluation's accuracy swings by several points between neighbouring evaluations
+    (greedy accuracy of a changing policy), so the crossing is read off the isotonic
+    (non-decreasing least-squares) fit of the evaluations after the start, linearly
+    interpolated between the two fitted points around it. The start evaluation is at 0."""
     evals = [(0.0 if r["step"] == 0 else clock(r), r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
     before = evals[0][1]
     target = before + gain
-    for (t0, a0), (t1, a1) in zip(evals, evals[1:]):
+    fitted = [(0.0, before)] + list(zip([t for t, _ in evals[1:]], isotonic([a for _, a in evals[1:]])))
+    for (t0, a0), (t1, a1) in zip(fitted, fitted[1:]):
         if a1 >= target:
-            return t0 + (t1 - t0) * (target - a0) / max(a1 - a0, 1e-9), before
+            return t0 + (t1 - t0) * (target - min(a0, target)) / max(a1 - min(a0, target), 1e-9), before
     return None, before
+
+
+def reached(run_dir: Path, gain: float) -> bool:
+    """The run can stop: the isotonic fit of its evaluations has crossed the target."""
+    rows = [r for r in read_rows(run_dir) if "heldout_accuracy" in r]
+    return len(rows) >= 2 and time_to_target(rows, gain, lambda r: r.get("wall", 0.0))[0] is not None
 
 
 def generated_from_ledger(run_dir: Path, group_size: int) -> int:
