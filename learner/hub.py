@@ -1,10 +1,13 @@
 """The hub: the learner's asyncio broker between actors, verifiers and the trainer (DESIGN §1, §3).
 
 What it does:
-* registers peers (`hello` -> `welcome` with the current weights), tracks their credit
+* registers peers (`hello` -> `welcome` with the current weights and, when the learner
+  runs one, its weights broadcast group), tracks their credit
   (`work_request` slots) and liveness (any message is a heartbeat);
 * dispatches one prompt group per `work` message to actors with credit, at most
-  `prompts_per_step * (max_lag + 1)` groups in flight so staleness stays bounded;
+  `prompts_per_step * (max_lag + 1)` groups in flight so staleness stays bounded; with
+  SPEED screening (`[learner] screen_samples`, learner/screening.py) a prompt is first
+  sampled k times, dropped if those agree, else continued (urgently) to a whole group;
 * forwards each `rollout_group` to a verifier as a `verify_job`, acks it, and hands the
   scored group to the trainer; every transition is written to the ledger first;
 * re-dispatches work whose lease ran out or whose peer went silent, and re-sends verify
@@ -13,7 +16,9 @@ What it does:
   mismatching actor (its work is re-dispatched, it gets no more);
 * runs held-out evaluations through the same actors and verifiers (greedy, or the mean
   of `eval_samples` samples at the training temperature);
-  serves snapshot chunks to actors without the shared filesystem (weights_server.py).
+  serves snapshot byte ranges to actors without the shared filesystem, as raw-frame chunks
+  (weights_server.py);
+* writes each handled message's ledger transitions in one transaction.
 
 What it does not do: it never computes gradients (the trainer thread does) and never
 reads answers except to pass `meta` on to verifiers.
