@@ -74,6 +74,7 @@ class Group:
     samples: list[dict]
     rewards: list[float] | None = None
     details: list[dict] | None = None
+    screen_version: int | None = None  # SPEED: version of the screening samples of a merged group
 
 
 class Hub:

@@ -29,7 +29,7 @@ import torch
 from learner import metrics as M
 from learner.checkpoint import save_checkpoint
 from learner.credit_step import CreditStep
-from learner.loss import lag_ok
+from learner.screening import fresh_enough
 from learner.update import flatten_groups, policy_update
 from protocol.weights import canary_logprob, publish_snapshot
 
@@ -207,7 +207,7 @@ class Trainer(threading.Thread):
     def drop_stale(self, groups: list) -> tuple[list, list[tuple[str, str]]]:
         fresh, stale = [], []
         for g in groups:
-            if lag_ok(self.state["version"], g.weights_version, self.cfg.loss.max_lag):
+            if fresh_enough(self.state["version"], g, self.cfg.loss.max_lag):
                 fresh.append(g)
             else:
                 stale.append((g.item_id, "stale"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from learner.hub import Group
-from learner.screening import CONTINUATION, Screening, expected_cost, merge
+from learner.screening import CONTINUATION, Screening, expected_cost, fresh_enough, merge
 
 
 def _group(item: str, rewards: list[float], version: int = 3) -> Group:
@@ -22,7 +22,7 @@ def test_screen_then_continue_then_train_one_group_of_g():
     assert s.expected("p@0" + CONTINUATION) and not s.expected("p@0")  # a late screening copy is a duplicate
     action, g = s.on_scored(_group("p@0", [1, 1, 0, 0, 0], version=4))
     assert action == "train" and len(g.samples) == 8 and g.rewards == [0, 1, 0, 1, 1, 0, 0, 0]
-    assert g.weights_version == 3 and [d["k"] for d in g.details] == [0, 1, 2, 0, 1, 2, 3, 4]
+    assert g.weights_version == 4 and g.screen_version == 3 and [d["k"] for d in g.details] == [0, 1, 2, 0, 1, 2, 3, 4]
     assert not s.parked and s.continued == 1 and s.dropped == 0
     assert s.expected("p@0") and not s.expected("p@0" + CONTINUATION)
 
@@ -42,9 +42,15 @@ def test_off_passes_groups_through(screen):
     assert s.on_scored(g) == ("train", g)
 
 
-def test_merge_keeps_the_older_version():
-    a, b = _group("x", [1, 0], version=7), _group("x", [0], version=5)
-    assert merge(a, b).weights_version == 5 and merge(a, b).rewards == [1, 0, 0]
+def test_merge_keeps_both_versions_and_staleness_allows_the_screen_one_more():
+    a, b = _group("x", [1, 0], version=5), _group("x", [0], version=7)
+    m = merge(a, b)
+    assert (m.weights_version, m.screen_version, m.rewards) == (7, 5, [1, 0, 0])
+    assert fresh_enough(7, m, max_lag=1)  # screening samples 2 versions old: max_lag 1 + slack 1
+    assert not fresh_enough(8, m, max_lag=1)  # 3 versions old
+    assert fresh_enough(6, _group("y", [1, 0], version=5), max_lag=1)
+    assert not fresh_enough(7, _group("y", [1, 0], version=5), max_lag=1)  # no slack for a whole group
+    assert not fresh_enough(4, _group("y", [1, 0], version=5), max_lag=1)  # newer than the learner
 
 
 def test_expected_cost():
