@@ -103,7 +103,10 @@ class Actor:
                 self.queue.append({"kind": "weights_published", **msg["weights"]})
             self.wakeup.set()
         elif kind == "work" and msg.get("urgent"):
-            self.queue.appendleft(msg)  # a screened prompt's continuation: its group is waiting on it
+            # a screened prompt's continuation (its group waits on it): before queued work, but
+            # after queued weights, so it is drawn from the newest version this actor has heard of
+            last_weights = max((i for i, m in enumerate(self.queue) if m["kind"] == "weights_published"), default=-1)
+            self.queue.insert(last_weights + 1, msg)
             QUEUE.set(len(self.queue))
             self.wakeup.set()
         elif kind in ("work", "weights_published"):
