@@ -2,11 +2,12 @@
 
 What it does, top to bottom: connect (DEALER) -> `hello` -> `welcome` carries the current
 weights -> load and verify them -> `weights_loaded` (digest + canary) -> `work_request`
--> then one worker drains an ordered queue of `work` and `weights_published` messages:
+-> then one worker drains a queue of `work` and `weights_published` messages:
 work is generated in a thread (the event loop keeps heartbeating) and answered with one
 `rollout_group` per prompt, stamped with the weights version and digest; a weights
-message reloads in place after checksum verification (several queued ones collapse to
-the newest). A learner silent for `peer_timeout_s` means reconnect and say hello again.
+message jumps ahead of queued work (and replaces an older one still queued), so queued
+work is drawn from the newest weights, and reloads in place after checksum verification.
+A learner silent for `peer_timeout_s` means reconnect and say hello again.
 
 With `[actor] broadcast_rank` the actor joins the learner's torch.distributed group after
 its first weights and takes every later version from the broadcast (actors/broadcast.py),
@@ -100,19 +101,9 @@ class Actor:
         if kind == "welcome":
             self.broadcast_info = msg["broadcast"]
             if msg["weights"] is not None:
-                self.queue.append({"kind": "weights_published", **msg["weights"]})
-            self.wakeup.set()
-        elif kind == "work" and msg.get("urgent"):
-            # a screened prompt's continuation (its group waits on it): before queued work, but
-            # after queued weights, so it is drawn from the newest version this actor has heard of
-            last_weights = max((i for i, m in enumerate(self.queue) if m["kind"] == "weights_published"), default=-1)
-            self.queue.insert(last_weights + 1, msg)
-            QUEUE.set(len(self.queue))
-            self.wakeup.set()
+                self.enqueue({"kind": "weights_published", **msg["weights"]})
         elif kind in ("work", "weights_published"):
-            self.queue.append(msg)
-            QUEUE.set(len(self.queue))
-            self.wakeup.set()
+            self.enqueue(msg)
         elif kind == "weights_chunk" and self.remote is not None:
             self.remote.chunks.put_nowait(msg)
         elif kind == "error":
@@ -121,6 +112,21 @@ class Actor:
             ERRORS.labels(msg["code"]).inc()
             log.warning("learner says %s: %s", msg["code"], msg["message"])
         # heartbeat and ack need no action: any message proves the learner is alive
+
+    def enqueue(self, msg: dict) -> None:
+        """New weights go to the front, replacing any still queued (work waiting here is drawn
+        from the newest version this actor has heard of: its policy lag counts from there);
+        `urgent` work (a screened prompt's continuation, its group waits on it) goes right
+        behind them; other work queues in order."""
+        if msg["kind"] == "weights_published":
+            self.queue = collections.deque(m for m in self.queue if m["kind"] != "weights_published")
+            self.queue.appendleft(msg)
+        elif msg.get("urgent"):
+            self.queue.insert(1 if self.queue and self.queue[0]["kind"] == "weights_published" else 0, msg)
+        else:
+            self.queue.append(msg)
+        QUEUE.set(len(self.queue))
+        self.wakeup.set()
 
     async def work_loop(self) -> None:
         loop = asyncio.get_running_loop()
