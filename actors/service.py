@@ -2,20 +2,24 @@
 
 What it does, top to bottom: connect (DEALER) -> `hello` -> `welcome` carries the current
 weights -> load and verify them -> `weights_loaded` (digest + canary) -> `work_request`
--> then one worker drains an ordered queue of `work` and `weights_published` messages:
+-> then one worker drains a queue of `work` and `weights_published` messages:
 work is generated in a thread (the event loop keeps heartbeating) from the prompt token ids
 the learner rendered (protocol/prompts.py; the text, encoded raw, where a work message has
-none) and answered with one
-`rollout_group` per prompt, stamped with the weights version and digest; a weights
-message reloads in place after checksum verification (several queued ones collapse to
-the newest). A learner silent for `peer_timeout_s` means reconnect and say hello again;
-a learner that answers `not_registered` (it restarted, or dropped us while we were
+none) and answered with one `rollout_group` per prompt, stamped with the weights version
+and digest; a weights message jumps ahead of queued work (and replaces an older one still
+queued), so queued work is drawn from the newest weights, and reloads in place after
+checksum verification. A learner silent for `peer_timeout_s` means reconnect and say hello
+again; a learner that answers `not_registered` (it restarted, or dropped us while we were
 stopped) gets a new hello at once. The actor keeps trying for as long as the learner is
 merely gone, and exits 0 when the learner says the run is over (`run_over`).
 
-What it does not do: it never sees answers or rewards, keeps no state worth saving (a
-crash loses only work the learner's leases re-dispatch), and it does not fetch weight
-files over the network (it reads the shared folder named in the message).
+With `[actor] broadcast_rank` the actor joins the learner's torch.distributed group after
+its first weights and takes every later version from the broadcast (actors/broadcast.py),
+proving it the same way.
+
+What it does not do: it never sees answers or rewards and keeps no state worth saving (a
+crash loses only work the learner's leases re-dispatch). Weight files come from the shared
+folder named in the message, or over the wire with `[actor] weights_dir`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ FETCH_S = Gauge(P + "weights_fetch_seconds", "Seconds to fetch the last snapshot
 LOAD_S = Gauge(P + "weights_load_seconds", "Seconds to verify and load the last snapshot")
 ERRORS = Counter(P + "errors_received_total", "error messages received from the learner", ["code"])
 LEARNER_UP = Gauge(P + "learner_alive", "1 while the learner answers")
+BUSY_S = Counter(P + "generate_seconds_total", "Seconds spent generating")
 
 RECV_POLL_S = 0.5  # how long one recv waits before the loop checks liveness
 
@@ -64,8 +69,12 @@ class Actor:
         self.busy = False
         self.stopping = asyncio.Event()
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.broadcast_info: dict | None = None  # the learner's broadcast group (from `welcome`)
+        self.bcast = None  # actors.broadcast.BroadcastWeights once this actor joined the group
         self.remote = RemoteWeights(Path(cfg.actor.weights_dir), self.ep.send) if cfg.actor.weights_dir else None
         self.run_id: str | None = None  # from the learner's welcome
+        self.busy_s = {"generate": 0.0, "weights": 0.0}  # seconds spent, logged at exit (bench/pipeline.py reads it)
+        self.started = time.monotonic()
 
     async def run(self) -> None:
         self.ep.start_heartbeats()
@@ -96,13 +105,11 @@ class Actor:
         kind = msg["kind"]
         if kind == "welcome":
             self.run_id = msg["run_id"]
+            self.broadcast_info = msg["broadcast"]
             if msg["weights"] is not None:
-                self.queue.append({"kind": "weights_published", **msg["weights"]})
-            self.wakeup.set()
+                self.enqueue({"kind": "weights_published", **msg["weights"]})
         elif kind in ("work", "weights_published"):
-            self.queue.append(msg)
-            QUEUE.set(len(self.queue))
-            self.wakeup.set()
+            self.enqueue(msg)
         elif kind == "weights_chunk" and self.remote is not None:
             self.remote.chunks.put_nowait(msg)
         elif kind == "run_over" and msg["run_id"] in (self.run_id, None):
@@ -118,20 +125,39 @@ class Actor:
                 await self.say_hello()
         # heartbeat and ack need no action: any message proves the learner is alive
 
+    def enqueue(self, msg: dict) -> None:
+        """New weights go to the front, replacing any still queued (work waiting here is drawn
+        from the newest version this actor has heard of: its policy lag counts from there);
+        `urgent` work (a screened prompt's continuation, its group waits on it) goes right
+        behind them; other work queues in order."""
+        if msg["kind"] == "weights_published":
+            self.queue = collections.deque(m for m in self.queue if m["kind"] != "weights_published")
+            self.queue.appendleft(msg)
+        elif msg.get("urgent"):
+            self.queue.insert(1 if self.queue and self.queue[0]["kind"] == "weights_published" else 0, msg)
+        else:
+            self.queue.append(msg)
+        QUEUE.set(len(self.queue))
+        self.wakeup.set()
+
     async def work_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
+            await self.load_broadcast(loop)
             while self.queue:
                 msg = self.queue.popleft()
                 QUEUE.set(len(self.queue))
                 if msg["kind"] == "weights_published":
                     if any(m["kind"] == "weights_published" for m in self.queue):
                         continue  # a newer version is already queued
-                    await self.load(loop, msg)
+                    if self.bcast is None or not self.bcast.active:  # in the group, versions come by broadcast
+                        await self.load(loop, msg)
+                        self.join_broadcast(loop)
                 elif self.engine is not None:
                     await self.generate(loop, self.coalesce(msg))
+                await self.load_broadcast(loop)
                 await self.request_work()
 
     def coalesce(self, first: dict) -> list[dict]:
@@ -140,7 +166,7 @@ class Actor:
         batch, rows = [first], len(first["prompts"]) * first["group_size"]
         while self.queue and self.queue[0]["kind"] == "work":
             nxt = self.queue[0]
-            key = ("sampling", "group_size", "eval", "hidden_k")
+            key = ("sampling", "group_size", "eval", "hidden_k")  # urgent or not: one generate call
             same = all(nxt.get(k) == first.get(k) for k in key)
             more = len(nxt["prompts"]) * nxt["group_size"]
             if not same or rows + more > self.cfg.actor.batch_size:
@@ -163,11 +189,40 @@ class Actor:
             log.error("refusing weights v%d: %s", msg["version"], exc)
             await self.ep.send("error", code="bad_weights", message=str(exc)[:1000])
             return
+        await self.report_loaded(loop, t)
+
+    async def report_loaded(self, loop, t: float) -> None:
+        """`weights_loaded` with the digest and canary of what the engine now holds."""
         digest, canary = await loop.run_in_executor(self.pool, lambda: (self.engine.digest(), self.engine.canary()))
         self.digest = digest
         LOAD_S.set(time.perf_counter() - t)
+        self.busy_s["weights"] += time.perf_counter() - t
         VERSION.set(self.engine.version)
         await self.ep.send("weights_loaded", version=self.engine.version, digest=digest, canary_logprob=canary)
+
+    def join_broadcast(self, loop) -> None:
+        """After the first weights, join the learner's broadcast group if this actor has a rank in it."""
+        rank = self.cfg.actor.broadcast_rank
+        if rank and self.bcast is None and self.broadcast_info is not None and self.engine is not None:
+            from actors.broadcast import BroadcastWeights
+
+            self.bcast = BroadcastWeights(self.ep.address, self.broadcast_info, rank, self.engine,
+                                          wake=lambda: loop.call_soon_threadsafe(self.wakeup.set))
+
+    async def load_broadcast(self, loop) -> None:
+        """Load the newest broadcast version, if one arrived, and prove it (digest + canary)."""
+        got = self.bcast.newest() if self.bcast is not None else None
+        if got is None:
+            return
+        version, buf = got
+        if isinstance(buf, Exception):
+            log.error("refusing broadcast v%d: %s", version, buf)
+            await self.ep.send("error", code="bad_weights", message=str(buf)[:1000])
+            return
+        t = time.perf_counter()
+        await loop.run_in_executor(self.pool, self.bcast.apply, self.engine, version, buf)
+        log.info("loaded broadcast v%d in %.2fs", version, time.perf_counter() - t)
+        await self.report_loaded(loop, t)
 
     async def weights_folder(self, msg: dict) -> Path:
         """The snapshot's folder: the learner's own (shared filesystem) or a fetched copy."""
@@ -189,6 +244,9 @@ class Actor:
             max_new_tokens=s["max_new_tokens"], batch_size=self.cfg.actor.batch_size,
             hidden_k=batch[0]["hidden_k"]))
         seconds = time.perf_counter() - t
+        log.debug("generated %d rows (%d work items) in %.2fs", sum(len(g) for g in groups), len(batch), seconds)
+        self.busy_s["generate"] += seconds
+        BUSY_S.inc(seconds)
         n_tokens = sum(len(x.token_ids) for g in groups for x in g)
         ROLLOUTS.inc(sum(len(g) for g in groups))
         TOKENS.inc(n_tokens)
@@ -217,6 +275,8 @@ async def serve(cfg, address: str, name: str, metrics_port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, actor.stopping.set)
     await actor.run()
+    alive = time.monotonic() - actor.started
+    log.info("busy: generate %.2fs, weights %.2fs, alive %.2fs", actor.busy_s["generate"], actor.busy_s["weights"], alive)
     server.shutdown()
 
 

@@ -218,10 +218,13 @@ def run(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     old = {s: signal.signal(s, lambda signum, frame: signals.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         address = wait_ready(run_dir, learner, signals)["address"]
-        for role, count in (("actor", cfg.actor.count), ("verifier", cfg.verifier.count)):
-            for i in range(count):
-                name = f"{role}-{i}"
-                children[name] = spawn([role, cfg_path, "--connect", address, "--name", name], logs / f"{name}.log")
+        for i in range(cfg.actor.count):
+            name = f"actor-{i}"
+            rank = ["--set", f"actor.broadcast_rank={i + 1}"] if i + 1 < cfg.learner.broadcast_world_size else []
+            children[name] = spawn(["actor", cfg_path, "--connect", address, "--name", name, *rank], logs / f"{name}.log")
+        for i in range(cfg.verifier.count):
+            name = f"verifier-{i}"
+            children[name] = spawn(["verifier", cfg_path, "--connect", address, "--name", name], logs / f"{name}.log")
         with ProgressView(run_dir, cfg, console, log_offset) as view:
             supervise(children, view, signals, logs)
     finally:

@@ -1,11 +1,14 @@
 """The hub: the learner's asyncio broker between actors, verifiers and the trainer (DESIGN §1, §3).
 
 What it does:
-* registers peers (`hello` -> `welcome` with the current weights), tracks their credit
+* registers peers (`hello` -> `welcome` with the current weights and, when the learner
+  runs one, its weights broadcast group), tracks their credit
   (`work_request` slots) and liveness (any message is a heartbeat);
 * dispatches one prompt group per `work` message (text + the rendered token ids) to actors
   with credit, at most `prompts_per_step * (max_lag + 1)` groups in flight so staleness
-  stays bounded;
+  stays bounded; with SPEED screening (`[learner] screen_samples`, learner/screening.py) a
+  prompt is first sampled k times, dropped if those agree, else continued (urgently) to a
+  whole group;
 * forwards each `rollout_group` to a verifier as a `verify_job` (task = the plug-in reward
   `[task] reward` when set, else the task name), acks it, and hands the scored group to
   the trainer; every transition is written to the ledger first;
@@ -15,7 +18,9 @@ What it does:
   mismatching actor (its work is re-dispatched, it gets no more);
 * runs held-out evaluations through the same actors and verifiers (greedy, or the mean
   of `eval_samples` samples at the training temperature);
-  serves snapshot chunks to actors without the shared filesystem (weights_server.py);
+  serves snapshot byte ranges to actors without the shared filesystem, as raw-frame chunks
+  (weights_server.py);
+* writes each handled message's ledger transitions in one transaction;
 * counts valid but unwanted messages (a kind the learner does not take, a role sending
   another role's message, results for work it never sent) in `unwanted`, changes no
   state for them, and answers them with at most one `error` per peer per
@@ -40,7 +45,9 @@ import numpy as np
 
 from learner import metrics as M
 from learner.ledger import Ledger
+from learner.screening import Screening
 from learner.weights_server import read_chunk
+from protocol.messages import MAX_WEIGHTS_CHUNK
 from protocol.summaries import HIDDEN_K
 from protocol.transport import RouterEndpoint
 
@@ -78,6 +85,7 @@ class Group:
     samples: list[dict]
     rewards: list[float] | None = None
     details: list[dict] | None = None
+    screen_version: int | None = None  # SPEED: version of the screening samples of a merged group
     prompt_ids: np.ndarray | None = None  # int32 [P]: the rendered prompt the actor generated from
 
 
@@ -117,6 +125,10 @@ class Hub:
         self.weights_refused = 0  # bad_weights errors: an actor refused a snapshot (checksum)
         self.unwanted: collections.Counter[str] = collections.Counter()  # reason -> valid but unwanted messages
         self._replied: dict[bytes, float] = {}  # identity -> last error reply (rate limit)
+        self.samples_generated = 0  # training samples received (first copies), kept or not
+        self.broadcast: dict | None = None  # announced in `welcome` when the learner runs a broadcast group
+        screen = cfg.learner.screen_samples if cfg.loss.drop_no_signal else 0  # groups without signal are kept: no screening
+        self.screening = Screening(cfg.actor.group_size, screen)  # SPEED (learner/screening.py)
 
     # --- main loop -----------------------------------------------------------------
     async def serve(self) -> None:
@@ -125,7 +137,8 @@ class Hub:
             while True:
                 identity, msg = await self.ep.recv()
                 M.BAD_MESSAGES.set(self.ep.bad_messages)
-                await self.handle(identity, msg)
+                with self.ledger.batch():  # one commit per message handled, not one per transition
+                    await self.handle(identity, msg)
         finally:
             housekeeping.cancel()
 
@@ -165,7 +178,7 @@ class Hub:
             self._release(old, "reconnect")
         self.peers[identity] = Peer(identity, msg["role"], msg["name"], last_seen=time.monotonic())
         log.info("peer %s joined as %s", msg["name"], msg["role"])
-        await self.ep.send(identity, "welcome", run_id=self.run_id, weights=self.weights)
+        await self.ep.send(identity, "welcome", run_id=self.run_id, weights=self.weights, broadcast=self.broadcast)
         self._update_peer_metrics()
 
     async def _on_error(self, peer: Peer, msg: dict) -> None:
@@ -199,17 +212,24 @@ class Hub:
         peer.version = msg["version"]
 
     async def _on_weights_fetch(self, peer: Peer, msg: dict) -> None:
-        """Serve one chunk of a snapshot file to an actor without the shared filesystem."""
-        chunk = read_chunk(self.weights_root, msg["version"], msg["file"], msg["offset"], msg["length"]) \
-            if self.weights_root else None
-        if chunk is None:
-            await self.ep.send(peer.identity, "error", code="weights_unavailable",
-                               message=f"v{msg['version']}/{msg['file']} is not a file of a kept snapshot")
-            return
-        data, size = chunk
-        M.WEIGHT_BYTES_SERVED.inc(len(data))
-        await self.ep.send(peer.identity, "weights_chunk", version=msg["version"], file=msg["file"],
-                           offset=msg["offset"], size=size, data=data)
+        """Serve a byte range of a snapshot file to an actor without the shared filesystem,
+        as consecutive `weights_chunk`s of at most MAX_WEIGHTS_CHUNK bytes (raw frames)."""
+        offset, end = msg["offset"], msg["offset"] + msg["length"]
+        while True:
+            n = min(MAX_WEIGHTS_CHUNK, end - offset)
+            chunk = read_chunk(self.weights_root, msg["version"], msg["file"], offset, n) if self.weights_root else None
+            if chunk is None:
+                await self.ep.send(peer.identity, "error", code="weights_unavailable",
+                                   message=f"v{msg['version']}/{msg['file']} is not a file of a kept snapshot")
+                return
+            data, size = chunk
+            M.WEIGHT_BYTES_SERVED.inc(len(data))
+            await self.ep.send(peer.identity, "weights_chunk", attachment=data, version=msg["version"],
+                               file=msg["file"], offset=offset, size=size)
+            offset += len(data)
+            if not data or offset >= min(end, size):
+                return
+            await asyncio.sleep(0)  # other peers' messages between chunks
 
     async def _on_rollout_group(self, peer: Peer, msg: dict) -> None:
         wanted = True
@@ -221,18 +241,19 @@ class Hub:
         await self.pump()
 
     def _on_train_rollout(self, msg: dict) -> bool | None:
-        item_id = msg["work_id"]
+        item_id = self.screening.item_of(msg["work_id"])
         expected = self.expected.get(msg["weights_version"])
         if expected is None or expected[0] != msg["weights_digest"]:
             M.DIGEST_MISMATCH.inc()
             return  # unverifiable weights: the lease will re-dispatch this item
         row = self.rows.get(msg["prompt_id"])
-        if row is None or item_id.rsplit("@", 1)[0] != row["id"] or len(msg["samples"]) != self.cfg.actor.group_size:
+        if (row is None or item_id.rsplit("@", 1)[0] != row["id"]
+                or len(msg["samples"]) != self.screening.size(msg["work_id"])):
             return self._count_unwanted("unknown_work")
-        if not self.ledger.generated(item_id, self.cfg.hub.verify_lease_s):
+        if not self.screening.expected(msg["work_id"]) or not self.ledger.generated(item_id, self.cfg.hub.verify_lease_s):
             M.DUPLICATES.inc()
             return
-        row = self.rows[msg["prompt_id"]]
+        self.samples_generated += len(msg["samples"])
         self.pending[item_id] = Group(item_id, row["id"], row["prompt"], msg["weights_version"], msg["samples"],
                                       prompt_ids=row.get("token_ids"))
         self.verify_queue.append(item_id)
@@ -271,7 +292,7 @@ class Hub:
                 del self.pending[job_id]
                 group.rewards, group.details = msg["rewards"], msg["details"]
                 M.observe_verdicts(msg)
-                self.to_trainer.put(group)
+                self._route_scored(group)
             elif self.ledger.state(job_id) is None:
                 return self._count_unwanted("unknown_job")
             else:
@@ -283,6 +304,17 @@ class Hub:
         self.unwanted[reason] += 1
         M.UNWANTED.labels(reason).inc()
         return False
+    def _route_scored(self, group: Group) -> None:
+        """To the trainer; or, with SPEED screening, dropped (screen without signal) or
+        back in line for its continuation, ahead of new prompts."""
+        action, merged = self.screening.on_scored(group)
+        M.SCREENED.labels(action).inc()
+        if action == "train":
+            self.to_trainer.put(merged)
+        elif action == "drop":
+            self.ledger.drop(group.item_id, "screened")
+        else:
+            self.retry.appendleft(group.item_id)
 
     # --- dispatch ------------------------------------------------------------------
     def _window(self) -> int:
@@ -294,17 +326,30 @@ class Hub:
         return lc.prompts_per_step * (self.cfg.loss.max_lag + 1) * (2 if self.cfg.loss.drop_no_signal else 1)
 
     def _window_open(self) -> bool:
-        return self.training_open and self.ledger.in_flight_count() < self._window()
+        """Training work may go out: items already in flight waiting in `retry` always (they
+        hold their place in the window), new prompts while the window has room. With
+        screening, also while fewer than prompts_per_step x (max_lag + 1) groups have passed
+        their screen and not yet been trained: every such group trains (none is dropped for
+        lack of signal), so a deeper backlog would only wait until it is stale."""
+        if not self.training_open:
+            return False
+        if self.retry:
+            return True
+        if self.screening.on:
+            passed = len(self.screening.parked) + self.to_trainer.qsize()
+            if passed >= self.cfg.learner.prompts_per_step * (self.cfg.loss.max_lag + 1):
+                return False
+        return self.ledger.in_flight_count() < self._window()
 
-    def _next_item(self) -> tuple[str, str]:
+    def _next_item(self) -> tuple[str, str, bool]:
+        """(item id, prompt id, new): a waiting in-flight item first, else the next prompt."""
         if self.retry:
             item_id = self.retry.popleft()
-            return item_id, item_id.rsplit("@", 1)[0]
+            return item_id, item_id.rsplit("@", 1)[0], False
         prompt_id = self.order[self.cursor % len(self.order)]
         item_id = f"{prompt_id}@{self.cursor}"
         self.cursor += 1
-        self.ledger.set_meta("cursor", str(self.cursor))
-        return item_id, prompt_id
+        return item_id, prompt_id, True
 
     def _actors(self) -> list[Peer]:
         ready = [p for p in self.peers.values() if p.role == "actor" and not p.quarantined and p.credit > 0 and p.version >= 0]
@@ -329,18 +374,20 @@ class Hub:
         # resumed run, or one whose actors all died, has nothing in flight but them)
         while self.training_open and (self.retry or self._window_open()) and self._actors():
             peer = self._actors()[0]
-            item_id, prompt_id = self._next_item()
-            state = self.ledger.state(item_id)
-            if state is None:
-                self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version)
-            elif state == "dispatched":
+            item_id, prompt_id, new = self._next_item()
+            if new:  # the row and the cursor past it in one transaction
+                self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version,
+                                     meta={"cursor": str(self.cursor)})
+            elif self.ledger.state(item_id) == "dispatched" or item_id in self.screening.parked:
                 self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
             else:
                 continue  # a late copy moved it on while it waited: nothing to re-send
             row = self.rows[prompt_id]
-            await self.ep.send(peer.identity, "work", work_id=item_id, policy_version=self.version,
-                               prompts=[_wire_prompt(row)], group_size=a.group_size,
-                               sampling=sampling, eval=False, hidden_k=hidden_k)
+            work_id, group_size = self.screening.work(item_id)
+            await self.ep.send(peer.identity, "work", work_id=work_id, policy_version=self.version,
+                               prompts=[_wire_prompt(row)], group_size=group_size,
+                               sampling=sampling, eval=False, hidden_k=hidden_k,
+                               urgent=self.screening.is_continuation(work_id))
             peer.credit -= 1
         await self._pump_verifiers()
 

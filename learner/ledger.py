@@ -18,6 +18,7 @@ rows instead), and it is used from one thread only (the hub's event loop).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -91,15 +92,23 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._in_flight = self._count_in_flight()  # kept in step by the transitions below (hot path)
 
     # --- transitions -------------------------------------------------------------
-    def dispatch(self, item_id: str, prompt_id: str, peer: str, lease_s: float, version: int) -> None:
+    def dispatch(self, item_id: str, prompt_id: str, peer: str, lease_s: float, version: int,
+                 meta: dict[str, str] | None = None) -> None:
+        """A new row, and `meta` updates (e.g. the prompt cursor) in the same transaction."""
         now = time.time()
+        self.db.execute("SAVEPOINT dispatch")
         self.db.execute(
             "INSERT INTO items(item_id, prompt_id, state, peer, deadline, version, updated) "
             "VALUES (?, ?, 'dispatched', ?, ?, ?, ?)",
             (item_id, prompt_id, peer, now + lease_s, version, now),
         )
+        for key, value in (meta or {}).items():
+            self.set_meta(key, value)
+        self.db.execute("RELEASE dispatch")
+        self._in_flight += 1
 
     def redispatch(self, item_id: str, peer: str, lease_s: float, version: int) -> None:
         """Hand an in-flight row to a (new) peer under a fresh lease."""
@@ -138,6 +147,7 @@ class Ledger:
             "UPDATE items SET state='dispatched', peer='', deadline=NULL, updated=? WHERE state='trained' AND version>?",
             (time.time(), after_version),
         )
+        self._in_flight += cur.rowcount
         return cur.rowcount
 
     def resume(self) -> list[str]:
@@ -150,19 +160,38 @@ class Ledger:
 
     def trained(self, item_ids: list[str], version: int) -> None:
         """Rows consumed by the optimiser step that produced weights `version`."""
-        self.db.execute("BEGIN")
+        self.db.execute("SAVEPOINT trained")
         for item_id in item_ids:
             cur = self.db.execute(
                 "UPDATE items SET state='trained', version=?, deadline=NULL, updated=? WHERE item_id=? AND state='scored'",
                 (version, time.time(), item_id),
             )
             if cur.rowcount != 1:
-                self.db.execute("ROLLBACK")
+                self.db.execute("ROLLBACK TO trained")
+                self.db.execute("RELEASE trained")
                 raise LedgerError(f"cannot mark {item_id!r} trained: not scored")
-        self.db.execute("COMMIT")
+        self.db.execute("RELEASE trained")
+        self._in_flight -= len(item_ids)
 
     def drop(self, item_id: str, reason: str) -> bool:
-        return self._move(item_id, IN_FLIGHT, "dropped", reason=reason)
+        moved = self._move(item_id, IN_FLIGHT, "dropped", reason=reason)
+        self._in_flight -= moved
+        return moved
+
+    @contextlib.contextmanager
+    def batch(self):
+        """The transitions made inside become one transaction (one commit instead of one per
+        statement); nested use joins the outer one. What was done is committed even when the
+        block raises (as statement-by-statement autocommit would have)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
 
     # --- queries -----------------------------------------------------------------
     def state(self, item_id: str) -> str | None:
@@ -189,7 +218,10 @@ class Ledger:
         ).fetchall()
 
     def in_flight_count(self) -> int:
-        """Rows dispatched but not yet trained or dropped (uses the state index; hot path)."""
+        """Rows dispatched but not yet trained or dropped (kept in memory; hot path)."""
+        return self._in_flight
+
+    def _count_in_flight(self) -> int:
         return int(self.db.execute(
             "SELECT COUNT(*) FROM items WHERE state IN ('dispatched','generated','scored')").fetchone()[0])
 

@@ -35,6 +35,7 @@ DROPPED_STALE = Counter(P + "dropped_stale_total", "Groups dropped for policy la
 LAG = Histogram(P + "policy_lag", "Policy lag of trained groups (versions)", buckets=(0, 1, 2, 3, 4, 8, 16))
 STEP_SECONDS = Histogram(P + "step_seconds", "Trainer step phases", ["phase"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 WEIGHT_BYTES_SERVED = Counter(P + "weight_bytes_served_total", "Snapshot bytes sent to actors over the wire")
+SCREENED = Counter(P + "screened_total", "Scored groups by SPEED screening outcome (train, drop, continue)", ["outcome"])
 PUBLISH_SECONDS = Gauge(P + "weights_publish_seconds", "Seconds to write the last weights snapshot")
 
 

@@ -112,12 +112,29 @@ def publish_start(run_dir: Path, version: int, model, tok, keep: int, dtype: tor
     return publish_snapshot(run_dir / "weights", version, model, tok, keep=keep, dtype=dtype)
 
 
+def start_broadcast(cfg, hub: Hub, model, dtype: torch.dtype):
+    """The weights broadcast group's rank 0 (joins in the background), announced in `welcome`; None when off."""
+    world = cfg.learner.broadcast_world_size
+    if world < 2:
+        return None
+    from protocol.weights_broadcast import Sender, backend_for
+
+    device = str(next(model.parameters()).device)
+    host = hub.ep.address.split("://", 1)[1].rsplit(":", 1)[0]
+    sender = Sender(host, cfg.learner.broadcast_port, world, backend_for(device))
+    hub.broadcast = {"port": sender.port, "world_size": world, "backend": sender.backend,
+                     "dtype": str(dtype).removeprefix("torch.")}  # the snapshots' dtype: what is sent
+    log.info("weights broadcast group: %d ranks on port %d (%s)", world, sender.port, sender.backend)
+    return sender
+
+
 def write_summary(run_dir: Path, state: dict, hub: Hub, reason: S.StopReason, trainer: Trainer) -> dict:
     counts = hub.ledger.counts()
     summary = {
         "heldout_accuracy_before": state.get("heldout_before"),
         "heldout_accuracy_after": state.get("heldout_after"),
         "samples_trained": state["samples_trained"],
+        "samples_generated": hub.samples_generated,
         "steps": state["step"],
         "wall_seconds": state.get("wall_seconds"),
         "ledger": {k: counts[k] for k in ("dispatched", "trained", "dropped", "in_flight")},
@@ -163,12 +180,14 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     ledger.set_meta("run_id", hub.run_id)
     hub.retry.extend(parked)
     dtype = snapshot_dtype(state)
+    broadcaster = start_broadcast(cfg, hub, model, dtype)
     info = publish_start(run_dir, state["version"], model, tok, cfg.learner.keep_snapshots, dtype)
     with saved_precision(model, dtype):  # the values the snapshot holds
         canary = canary_logprob(model, tok)
     await hub.publish(info, canary)
     loop = asyncio.get_running_loop()
-    trainer = Trainer(cfg, model, tok, opt, hub, loop, run_dir, inbox, state, prompts.renderer)
+    trainer = Trainer(cfg, model, tok, opt, hub, loop, run_dir, inbox, state, prompts.renderer,
+                      broadcaster=broadcaster)
     asked: list[S.StopReason] = []
 
     def request_stop(reason: S.StopReason) -> None:
@@ -185,6 +204,8 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     trainer.start()
     tasks = [loop.create_task(hub.serve()), loop.create_task(watch.run())]
     reason = await run_until_done(trainer, tasks, request_stop, asked)
+    if broadcaster is not None:
+        broadcaster.close()
     log.info("run ended (%s): %s", reason.kind, reason.message)
     flush_sync_events(run_dir, hub, watch.synced)
     summary = write_summary(run_dir, state, hub, reason, trainer)

@@ -34,11 +34,10 @@ import torch
 
 from learner import metrics as M
 from learner.checkpoint import save_checkpoint
-from learner.credit import token_advantages
 from learner.credit_step import CreditStep
-from learner.logprobs import build_batch, pad_right, token_logprobs
-from learner.loss import group_advantages, lag_ok, policy_loss
+from learner.screening import fresh_enough
 from learner.snapshots import SnapshotPublisher
+from learner.update import flatten_groups, policy_update
 from protocol.tokens import pad_id
 from protocol.weights import canary_logprob, save_model, saved_precision
 
@@ -53,7 +52,7 @@ class Stopped(Exception):
 
 class Trainer(threading.Thread):
     def __init__(self, cfg, model, tokenizer, optimizer, hub, loop, run_dir: Path, inbox: queue.Queue, state: dict,
-                 renderer, publisher: SnapshotPublisher | None = None):
+                 renderer, publisher: SnapshotPublisher | None = None, broadcaster=None):
         super().__init__(name="trainer", daemon=True)
         self.cfg, self.model, self.tok, self.opt = cfg, model, tokenizer, optimizer
         self.renderer = renderer  # protocol.prompts.PromptRenderer: the run's prompt format
@@ -61,6 +60,7 @@ class Trainer(threading.Thread):
         self.dtype = getattr(torch, state.get("save_dtype", "float32"))  # of snapshots and final_model
         self.hub, self.loop, self.run_dir, self.inbox = hub, loop, Path(run_dir), inbox
         self.state = state  # step, version, samples_trained, heldout_before, wall_before
+        self.broadcaster = broadcaster  # protocol.weights_broadcast.Sender, or None (file snapshots only)
         self.stop_event = threading.Event()
         self.done = asyncio.Event()
         self.error: BaseException | None = None
@@ -101,8 +101,12 @@ class Trainer(threading.Thread):
     def train(self) -> None:
         t_start = self.t_start = time.perf_counter()
         if self.state.get("heldout_before") is None:
+            t = time.perf_counter()
             self.state["heldout_before"] = self.evaluate()
-            self.log_row({"step": 0, "version": self.state["version"], "heldout_accuracy": self.state["heldout_before"]})
+            self.state["eval_seconds"] = time.perf_counter() - t  # includes waiting for the first actors
+            self.log_row({"step": 0, "version": self.state["version"], "heldout_accuracy": self.state["heldout_before"],
+                          "wall": self.state["eval_seconds"], "time_eval": self.state["eval_seconds"],
+                          "eval_seconds": self.state["eval_seconds"]})
         while not self.budget_spent():
             self.step(t_start)
         self.loop.call_soon_threadsafe(self.hub.stop_training)
@@ -131,7 +135,7 @@ class Trainer(threading.Thread):
     # --- one step ----------------------------------------------------------------
     def step(self, t_start: float) -> None:
         times = {}
-        t = time.perf_counter()
+        t = t_step = time.perf_counter()
         groups = self.collect(self.cfg.learner.prompts_per_step)
         times["collect"] = time.perf_counter() - t
         fresh, stale = self.drop_stale(groups)
@@ -145,12 +149,27 @@ class Trainer(threading.Thread):
         self.state["version"] += 1
         self.state["samples_trained"] += sum(len(g.samples) for g in fresh)
         t = time.perf_counter()
-        self.publish()
+        if self.publish_due():
+            self.publish()
         times["publish"] = time.perf_counter() - t
         self.call_hub(self._mark([g.item_id for g in fresh], stale), interruptible=False)
+        row = self.step_row(fresh, stale, stats, times, t_start)
+        M.observe_step(row)
+        try:
+            self.after_step(row)
+        except Stopped:  # the step itself is done: keep its row, then checkpoint it
+            self.log_row(row)
+            raise
+        row["time_step"] = time.perf_counter() - t_step
+        self.state["eval_seconds"] = self.state.get("eval_seconds", 0.0) + row.get("time_eval", 0.0)
+        row["eval_seconds"] = self.state["eval_seconds"]  # all evaluations so far (wall minus this = training wall)
+        self.log_row(row)
+
+    def step_row(self, fresh: list, stale: list, stats: dict, times: dict, t_start: float) -> dict:
         row = {
             "step": self.state["step"], "version": self.state["version"],
             "samples_trained": self.state["samples_trained"], "groups": len(fresh), "dropped_stale": len(stale),
+            "samples_generated": self.hub.samples_generated,  # this learner process's count (not kept across resume)
             "dropped_no_signal_total": self.state.get("dropped_no_signal", 0),
             "reward_mean": float(np.mean(self.seen_rewards)),  # all verified samples, incl. dropped groups
             "reward_mean_trained": float(np.mean([r for g in fresh for r in g.rewards])),
@@ -159,18 +178,28 @@ class Trainer(threading.Thread):
             **stats, **{f"time_{k}": v for k, v in times.items()},
         }
         row["samples_per_s"] = self.state["samples_trained"] / max(row["wall"], 1e-9)
-        M.observe_step(row)
-        if self.cfg.learner.eval_every and self.state["step"] % self.cfg.learner.eval_every == 0:
-            try:
-                row["heldout_accuracy"] = self.evaluate()
-            except Stopped:  # the step itself is done: keep its row, then checkpoint it
-                self.log_row(row)
-                raise
+        return row
+
+    def after_step(self, row: dict) -> None:
+        """Evaluate, credit heatmap, checkpoint: each when due, each timed into the row."""
+        if self.eval_due():
+            t = time.perf_counter()
+            row["heldout_accuracy"] = self.evaluate()
+            row["time_eval"] = time.perf_counter() - t
         if self.credit.last is not None and (self.state["step"] % 10 == 0 or self.budget_reached()):
             self.credit.write_html(self.run_dir / "credit.html", f"{self.cfg.credit.method}, step {self.state['step']}")
         if self.state["step"] % self.cfg.learner.checkpoint_every == 0:
+            t = time.perf_counter()
             save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
-        self.log_row(row)
+            row["time_checkpoint"] = time.perf_counter() - t
+
+    def eval_due(self) -> bool:
+        return bool(self.cfg.learner.eval_every) and self.state["step"] % self.cfg.learner.eval_every == 0
+
+    def publish_due(self) -> bool:
+        """Every `publish_every` steps, and whenever the actors must hold this version: before an
+        evaluation (it runs on the actors) and at the end of the budget."""
+        return self.state["step"] % self.cfg.learner.publish_every == 0 or self.eval_due() or self.budget_reached()
 
     async def _mark(self, item_ids: list[str], stale: list[tuple[str, str]]) -> None:
         self.hub.mark_trained(item_ids, stale, self.state["version"])
@@ -200,55 +229,24 @@ class Trainer(threading.Thread):
     def drop_stale(self, groups: list) -> tuple[list, list[tuple[str, str]]]:
         fresh, stale = [], []
         for g in groups:
-            if lag_ok(self.state["version"], g.weights_version, self.cfg.loss.max_lag):
+            if fresh_enough(self.state["version"], g, self.cfg.loss.max_lag):
                 fresh.append(g)
             else:
                 stale.append((g.item_id, "stale"))
         return fresh, stale
 
     def forward_backward(self, groups: list) -> dict:
-        """Advantages -> credit weights -> token-mean loss over micro-batches -> one clipped AdamW step."""
-        lc, loss_cfg = self.cfg.learner, self.cfg.loss
-        prompt_ids, completions, behav, adv = [], [], [], []
-        for g in groups:
-            ids = list(g.prompt_ids) if g.prompt_ids is not None else self.renderer.encode(g.prompt)
-            a = group_advantages(torch.tensor(g.rewards, dtype=torch.float32), std_normalize=loss_cfg.std_normalize)
-            for s, a_i in zip(g.samples, a.tolist()):
-                prompt_ids.append(ids)
-                completions.append(s["token_ids"].tolist())
-                behav.append(s["logprobs"])
-                adv.append(a_i)
-        adv_all = torch.tensor(adv, dtype=torch.float32)  # [N]
+        """Advantages -> credit weights -> token-mean loss over length-bucketed micro-batches
+        -> one clipped AdamW step (learner/update.py)."""
+        lc = self.cfg.learner
+        flat = flatten_groups(groups, self.renderer.encode, std_normalize=self.cfg.loss.std_normalize)
+        t = time.perf_counter()
         with torch.no_grad():
-            w_all, credit_stats = self.credit.weights(groups, completions, adv_all, self.state["step"])  # [N,Tmax]
-        dev = next(self.model.parameters()).device
-        adv_all, w_all = adv_all.to(dev), w_all.to(dev)
-        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" and lc.bf16)
-        total_tokens = sum(len(c) for c in completions)
-        self.model.train()
-        sums: dict[str, float] = {}
-        loss_total = 0.0
-        for lo in range(0, len(completions), lc.micro_batch):
-            hi = lo + lc.micro_batch
-            batch = build_batch(prompt_ids[lo:hi], completions[lo:hi], self.pad_id)
-            with autocast:  # bf16 matmuls on CUDA; token_logprobs' log_softmax stays fp32
-                logp, mask, _ = token_logprobs(self.model, batch)  # [b,T], [b,T]
-            T = logp.shape[1]
-            logp_behav = pad_right(behav[lo:hi], T, 0.0).to(dev)  # [b,T]
-            adv_tok = token_advantages(adv_all[lo:hi], w_all[lo:hi, :T])  # [b,T]
-            loss, stats = policy_loss(logp, logp.detach(), logp_behav, adv_tok, mask,
-                                      eps_low=loss_cfg.eps_low, eps_high=loss_cfg.eps_high,
-                                      dual_clip=loss_cfg.dual_clip, is_cap=loss_cfg.is_cap)
-            share = float(mask.sum()) / total_tokens
-            (loss * share).backward()
-            loss_total += float(loss.detach()) * share
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v * share
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), lc.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.model.eval()
-        return {**sums, **credit_stats, "loss": loss_total, "grad_norm": float(grad_norm), "tokens": total_tokens}
+            w_all, credit_stats = self.credit.weights(groups, flat.completions, flat.adv, self.state["step"])  # [N,Tmax]
+        credit_stats["time_credit"] = time.perf_counter() - t
+        stats = policy_update(self.model, self.opt, flat, w_all, loss_cfg=self.cfg.loss, micro_batch=lc.micro_batch,
+                              grad_clip=lc.grad_clip, pad_id=self.pad_id, bf16=lc.bf16)
+        return {**stats, **credit_stats}
 
     def publish(self) -> None:
         info = self.publisher.publish(self.run_dir / "weights", self.state["version"], self.model, self.tok,
@@ -258,6 +256,8 @@ class Trainer(threading.Thread):
         with saved_precision(self.model, self.dtype):  # the values actors load
             canary = canary_logprob(self.model, self.tok)
         self.call_hub(self.hub.publish(info, canary), interruptible=False)
+        if self.broadcaster is not None:  # the same version to the actors in the group, proved the same way
+            self.broadcaster.offer_model(self.state["version"], self.model.state_dict().items(), self.dtype)
 
     def evaluate(self) -> float:
         """Held-out accuracy; every evaluation's rewards per prompt go to heldout.jsonl

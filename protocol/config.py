@@ -95,7 +95,13 @@ class LearnerConfig(_Section):
         description="Prompt groups dispatched but not yet trained or dropped; 0 = prompts_per_step x (max_lag + 1), "
         "doubled with drop_no_signal.",
     )
-    micro_batch: int = Field(64, ge=1, le=4096, description="Samples per forward/backward micro-batch.")
+    micro_batch: int = Field(64, ge=1, le=4096, description="Samples per forward/backward micro-batch (rows sorted by length).")
+    screen_samples: int = Field(
+        4, ge=0, le=255,
+        description="SPEED screening: draw this many samples of a prompt first and the rest of the group only if "
+        "their rewards differ (else the prompt is dropped as `screened`); 0 = off, else < actor.group_size. "
+        "Only with loss.drop_no_signal (a run that trains groups without signal screens nothing).",
+    )
     threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Learner device; auto = cuda when available.")
     bf16: bool = Field(True, description="bf16 autocast for the learner's forward passes on CUDA (weights stay fp32).")
@@ -106,6 +112,18 @@ class LearnerConfig(_Section):
         "actors' temperature/top_p (pass@1 estimated from k; steadier than greedy on a weak model).",
     )
     keep_snapshots: int = Field(3, ge=1, le=1000, description="Weight snapshots kept on disk.")
+    broadcast_world_size: int = Field(
+        0, ge=0, le=65536,
+        description="torch.distributed weights broadcast (protocol/weights_broadcast.py): 0 = off (file snapshots "
+        "only); W >= 2 = the learner (rank 0) and W - 1 actors with [actor] broadcast_rank 1..W-1 form one group "
+        "(gloo on CPU, NCCL on CUDA). Snapshots are still written (the default path, resume, other actors).",
+    )
+    broadcast_port: int = Field(0, ge=0, le=65535, description="TCPStore port of the broadcast group (0 = pick a free one; actors learn it from `welcome`).")
+    publish_every: int = Field(
+        1, ge=1, le=100_000,
+        description="Publish weights every k steps (and before every evaluation and at the end); groups then lag "
+        "up to k - 1 versions more, so loss.max_lag must be >= k - 1.",
+    )
     checkpoint_every: int = Field(25, ge=1, description="Checkpoint (model + optimizer + ledger position) every N steps.")
     seed: int = Field(0, ge=0, description="Seed of the learner (data order, init of the optimizer).")
 
@@ -158,6 +176,10 @@ class ActorConfig(_Section):
     stop: list[str] = Field(
         [], max_length=16, description="Stop strings: a completion also ends after the token that completes one "
         "(kept in the completion). Every eos id of the tokenizer and generation_config.json always stops.")
+    broadcast_rank: int = Field(
+        0, ge=0, le=65535,
+        description="Rank of this actor in the learner's weights broadcast group (1..W-1, HF engine); 0 = not in it.",
+    )
     weights_dir: str = Field(
         "",
         description="Empty: read snapshots from the learner's folder (shared filesystem). "
@@ -259,6 +281,20 @@ class RunConfig(_Section):
     verifier: VerifierConfig = VerifierConfig()
     hub: HubConfig = HubConfig()
     monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "RunConfig":
+        screen, g = self.learner.screen_samples, self.actor.group_size
+        if screen and screen >= g:
+            raise ValueError(f"learner.screen_samples ({screen}) must be 0 (off) or below actor.group_size ({g})")
+        rank, world = self.actor.broadcast_rank, self.learner.broadcast_world_size
+        if rank and (rank >= world or self.actor.engine != "hf"):
+            raise ValueError(f"actor.broadcast_rank ({rank}) needs the hf engine and learner.broadcast_world_size > {rank}")
+        k, lag = self.learner.publish_every, self.loss.max_lag
+        if lag < k - 1:
+            raise ValueError(f"loss.max_lag ({lag}) must be >= learner.publish_every - 1 ({k - 1}): groups generated "
+                             f"from a published version are up to {k - 1} versions old when the next one trains")
+        return self
 
     def resolved_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)

@@ -32,6 +32,7 @@ MAX_TOKENS = 8192  # longest completion (T) in a rollout sample
 MAX_GROUP = 256  # samples per group / completions per verify job
 MAX_PROMPTS = 1024  # prompts per work item, also slots per work_request
 MAX_WEIGHTS_CHUNK = 8 * 1024 * 1024  # bytes of one weights_chunk
+MAX_WEIGHTS_RANGE = 256 * 1024 * 1024  # bytes one weights_fetch may ask for (answered in chunks)
 MAX_PROMPT_TEXT_BYTES = 64 * 1024  # UTF-8 bytes of one prompt text
 MAX_PROMPT_TOKENS = 1 << 17  # token ids of one rendered prompt
 MAX_IDS = 1 << 16  # ids in one ack
@@ -329,6 +330,10 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "hello": {"role": Str(choices=("actor", "verifier")), "name": Str(1, 128),
               "capabilities": FreeMap(scalar_only=True)},
     "welcome": {"run_id": Str(),
+                # the learner's weights broadcast group, when it has one (protocol/weights_broadcast.py)
+                "broadcast": Opt(Struct({"port": Int(1, 65535), "world_size": Int(2, 65536),
+                                         "backend": Str(choices=("gloo", "nccl")),
+                                         "dtype": Str(choices=("float32", "bfloat16", "float16"))})),
                 "weights": Opt(Struct({"version": Int(0), "folder": Str(), "manifest_sha256": Str()}))},
     "heartbeat": {},
     "work_request": {"slots": Int(1, MAX_PROMPTS)},
@@ -342,6 +347,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
                             "max_new_tokens": Int(1, MAX_TOKENS)}),
         "eval": Bool(),
         "hidden_k": Opt(Int(1, MAX_HIDDEN_K)),  # also send projected hidden states [T, k] (protocol.summaries)
+        "urgent": Opt(Bool()),  # generate before the work already queued (a screened prompt's continuation)
     },
     "rollout_group": {"work_id": Str(), "prompt_id": Str(), "weights_version": Int(0),
                       "weights_digest": Str(), "gen_seconds": Float(0.0),
@@ -359,10 +365,13 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
     "run_over": {"run_id": Str(), "reason": Str(1, 64), "message": Str(max_bytes=4096)},
     # Remote weights (DESIGN §12): an actor without the learner's filesystem pulls snapshot
     # files in chunks; `file` is a name listed in the snapshot's manifest (or manifest.json).
-    "weights_fetch": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "length": Int(1, MAX_WEIGHTS_CHUNK)},
+    "weights_fetch": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "length": Int(1, MAX_WEIGHTS_RANGE)},
+    # `data` travels as a second, raw ZMQ frame (an attachment: zero-copy, see protocol/transport.py);
+    # the receiving endpoint puts it into `data` as a read-only memoryview.
     "weights_chunk": {"version": Int(0), "file": Str(1, 256), "offset": Int(0), "size": Int(0),
-                      "data": Bin(MAX_WEIGHTS_CHUNK)},
+                      "data": Opt(Bin(MAX_WEIGHTS_CHUNK))},
 }
+ATTACHMENTS = {"weights_chunk": ("data", MAX_WEIGHTS_CHUNK)}  # kind -> (field, max bytes) of its raw frame
 _POSTS = {"verdicts": _check_verdicts}
 _STRUCTS = {k: Struct({**ENVELOPE, **f}, post=_POSTS.get(k)) for k, f in SCHEMAS.items()}
 

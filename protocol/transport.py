@@ -12,7 +12,10 @@ What it does:
   messages; a background task sends `heartbeat` when nothing else was sent for
   `heartbeat_s`, and `silent_for()` tells how long the learner has been quiet so the
   service can reconnect.
-Every message goes through `protocol.messages.encode/decode` (msgpack, no pickle).
+Every message goes through `protocol.messages.encode/decode` (msgpack, no pickle). A kind
+listed in `messages.ATTACHMENTS` (weights_chunk) may carry one raw byte frame after the
+message frame: sent zero-copy from the sender's buffer, received without a copy (the field
+holds a memoryview of the frame), never packed into msgpack, bounded in size.
 
 What it does not do: no retries of application messages (the learner's leases handle
 lost work), no encryption or authentication (bind to loopback or a private network),
@@ -79,13 +82,19 @@ class RouterEndpoint:
     async def _reply_error(self, identity: bytes, code: str, text: str) -> None:
         await self.send(identity, "error", code=code, message=text[:1000])
 
-    async def send(self, identity: bytes, kind: str, **fields) -> bool:
-        """Send to one peer without waiting. False when the message was dropped: the peer is
-        gone (disconnected; its identity goes into `unreachable` for the owner's liveness
-        sweep) or its queue is full (counted in `dropped_sends`; leases re-send real work)."""
+    async def send(self, identity: bytes, kind: str, attachment: bytes | None = None, **fields) -> bool:
+        """Send to one peer without waiting (`attachment`: the raw frame of an ATTACHMENTS kind,
+        sent zero-copy). False when the message was dropped: the peer is gone (disconnected;
+        its identity goes into `unreachable` for the owner's liveness sweep) or its queue is
+        full (counted in `dropped_sends`; leases re-send real work, a weights fetch asks again)."""
         msg = messages.make(kind, self.name, next(self._seq), **fields)
+        frames = [identity, messages.encode(msg)]
+        if attachment is not None:
+            if kind not in messages.ATTACHMENTS or len(attachment) > messages.ATTACHMENTS[kind][1]:
+                raise ValueError(f"{kind} cannot carry an attachment of {len(attachment)} bytes")
+            frames.append(attachment)
         try:
-            await self.sock.send_multipart([identity, messages.encode(msg)], flags=zmq.NOBLOCK)
+            await self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=attachment is None)
         except zmq.Again:
             self.dropped_sends += 1
             return False
@@ -100,6 +109,17 @@ class RouterEndpoint:
     def close(self, linger_ms: int = LINGER_MS) -> None:
         """Close; `linger_ms` > 0 gives queued messages (a final `run_over`) that long to leave."""
         self.sock.close(linger_ms)
+
+
+def _with_attachment(msg: dict, rest: list) -> dict:
+    """Put the raw frame after the message into its field (a memoryview, no copy)."""
+    if not rest:
+        return msg
+    field, limit = messages.ATTACHMENTS.get(msg["kind"], (None, 0))
+    if field is None or len(rest) != 1 or len(rest[0]) > limit:
+        raise ProtocolError("bad_frames", f"{msg['kind']}: unexpected attachment of {len(rest)} frame(s)")
+    msg[field] = rest[0].buffer
+    return msg
 
 
 class DealerEndpoint:
@@ -154,10 +174,10 @@ class DealerEndpoint:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left is not None and not await self.sock.poll(left * 1000):
                 return None
-            payload = await self.sock.recv()
+            frames = await self.sock.recv_multipart(copy=False)
             self.last_recv = time.monotonic()
             try:
-                return messages.decode(payload)
+                return _with_attachment(messages.decode(frames[0].bytes), frames[1:])
             except ProtocolError:
                 self.bad_messages += 1
 

@@ -103,6 +103,10 @@ class Verifier:
         self.mode = sandbox_mode()
         if cfg.task.name == "code":   # refuse now, with what is missing, not at the first job
             self.mode = f"{self.mode}/{require_sandbox(cfg.verifier.accept_weak_sandbox)}"
+        self.active = 0  # jobs being scored now
+        self.busy_s = 0.0  # seconds with at least one job being scored (logged at exit)
+        self.busy_since = 0.0
+        self.started = time.monotonic()
         SANDBOX.labels(self.mode).set(1)
         log.info("sandbox mode: %s", self.mode)
         if cfg.task.reward:  # fail at start, in one line, if the plug-in cannot be imported
@@ -145,6 +149,18 @@ class Verifier:
         await self.ep.send("work_request", slots=self.cfg.verifier.slots)
 
     async def verify(self, job: dict) -> None:
+        """Score a job, counting the time any job is in progress as busy."""
+        if self.active == 0:
+            self.busy_since = time.monotonic()
+        self.active += 1
+        try:
+            await self.verify_job(job)
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self.busy_s += time.monotonic() - self.busy_since
+
+    async def verify_job(self, job: dict) -> None:
         """Score a job: cached verdicts first, the rest in the pool under the job timeout."""
         t = time.perf_counter()
         n = len(job["completions"])
@@ -216,6 +232,7 @@ async def serve(cfg, address: str, name: str, metrics_port: int, workers: int) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, verifier.stopping.set)
     await verifier.run()
+    log.info("busy: scoring %.2fs, alive %.2fs", verifier.busy_s, time.monotonic() - verifier.started)
     server.shutdown()
 
 

@@ -52,3 +52,14 @@ def test_every_field_is_documented_and_bounded_where_numeric():
         model = section.annotation
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
+
+
+def test_cross_section_rules_name_both_keys():
+    with pytest.raises(ConfigError, match=r"learner.screen_samples \(8\) must be 0 \(off\) or below actor.group_size \(8\)"):
+        parse_config({"learner": {"screen_samples": 8}})
+    with pytest.raises(ConfigError, match=r"loss.max_lag \(1\) must be >= learner.publish_every - 1 \(2\)"):
+        parse_config({"learner": {"publish_every": 3}})
+    assert parse_config({"learner": {"publish_every": 3}, "loss": {"max_lag": 2}}).learner.publish_every == 3
+    with pytest.raises(ConfigError, match=r"actor.broadcast_rank \(2\) needs the hf engine and learner.broadcast_world_size > 2"):
+        parse_config({"actor": {"broadcast_rank": 2}, "learner": {"broadcast_world_size": 2}})
+    assert parse_config({"actor": {"broadcast_rank": 1}, "learner": {"broadcast_world_size": 2}}).actor.broadcast_rank == 1

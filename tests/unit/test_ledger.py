@@ -92,3 +92,31 @@ def test_in_flight_count_matches_counts(tmp_path):
         led.dispatch(f"x{i}", "x", "a", 60, 0)
     led.drop("x0", "stale")
     assert led.in_flight_count() == led.counts()["in_flight"] == 3
+
+
+def test_in_flight_count_kept_in_memory_matches_the_table(tmp_path):
+    """The hot-path counter agrees with a COUNT over the table after every kind of transition."""
+    import random
+
+    from learner.ledger import Ledger
+
+    led = Ledger(tmp_path / "l.sqlite")
+    rng = random.Random(0)
+    for i in range(60):
+        led.dispatch(f"p{i}@{i}", f"p{i}", "a", 60.0, 0, meta={"cursor": str(i + 1)})
+        item = f"p{i}@{i}"
+        roll = rng.random()
+        if roll < 0.3:
+            led.drop(item, "no_signal")
+        elif roll < 0.7:
+            led.generated(item, 60.0)
+            led.scored(item)
+            if roll < 0.5:
+                led.trained([item], version=i % 5)
+        assert led.in_flight_count() == led._count_in_flight()
+    led.rewind(after_version=2)
+    assert led.in_flight_count() == led._count_in_flight() and led.get_meta("cursor") == "60"
+    led.drop("p0@0", "again")  # already dropped: no change
+    assert led.in_flight_count() == led._count_in_flight()
+    led.close()
+    assert Ledger(tmp_path / "l.sqlite").in_flight_count() == led.in_flight_count()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.codec import ProtocolError, pack
-from protocol.messages import (LOGPROB_TOL, MAX_TOKENS, MAX_WEIGHTS_CHUNK, PROTO, SCHEMAS, decode, encode, make,
+from protocol.messages import (LOGPROB_TOL, MAX_TOKENS, MAX_WEIGHTS_CHUNK, MAX_WEIGHTS_RANGE, PROTO, SCHEMAS, decode, encode, make,
                                validate)
 
 RNG = np.random.default_rng(1)
@@ -381,6 +381,6 @@ def test_weights_chunk_limits():
     with pytest.raises(ProtocolError, match="data"):
         make("weights_chunk", "learner", 0, **too_big)
     with pytest.raises(ProtocolError, match="length"):
-        make("weights_fetch", "a", 0, version=1, file="m", offset=0, length=MAX_WEIGHTS_CHUNK + 1)
+        make("weights_fetch", "a", 0, version=1, file="m", offset=0, length=MAX_WEIGHTS_RANGE + 1)
     with pytest.raises(ProtocolError, match="data"):
         make("weights_chunk", "learner", 0, version=1, file="m", offset=0, size=1, data="not bytes")

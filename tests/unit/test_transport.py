@@ -119,3 +119,41 @@ async def test_an_oversize_frame_is_refused_inside_zeromq():
         big.close()
         good.close()
         router.close()
+
+
+async def test_a_weights_chunk_carries_its_data_as_a_raw_frame():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    dealer = DealerEndpoint(router.address, "actor-z", heartbeat_s=10)
+    try:
+        await dealer.send("heartbeat")
+        identity, _ = await asyncio.wait_for(router.recv(), 5)
+        data = bytes(range(256)) * 4096  # 1 MiB
+        await router.send(identity, "weights_chunk", attachment=data, version=3, file="model.safetensors",
+                          offset=0, size=len(data))
+        msg = await dealer.recv(timeout=5)
+        assert isinstance(msg["data"], memoryview) and bytes(msg["data"]) == data and msg["size"] == len(data)
+        try:
+            await router.send(identity, "ack", attachment=b"x", ids=[])
+            raise AssertionError("an ack must not carry an attachment")
+        except ValueError:
+            pass
+    finally:
+        dealer.close()
+        router.close()
+
+
+async def test_an_unexpected_extra_frame_is_counted_as_bad():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    dealer = DealerEndpoint(router.address, "actor-w", heartbeat_s=10)
+    try:
+        await dealer.send("heartbeat")
+        identity, _ = await asyncio.wait_for(router.recv(), 5)
+        from protocol import messages
+        ack = messages.encode(messages.make("ack", "learner", 0, ids=[]))
+        await router.sock.send_multipart([identity, ack, b"extra"])
+        await router.send(identity, "heartbeat")
+        msg = await dealer.recv(timeout=5)
+        assert msg["kind"] == "heartbeat" and dealer.bad_messages == 1
+    finally:
+        dealer.close()
+        router.close()
