@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from actors.engines.hf import HFEngine  # noqa: E402
-from learner.credit_step import CreditStep  # noqa: E402
+from learner.credit.step import CreditStep  # noqa: E402
 from learner.hub import Group  # noqa: E402
 from learner.logprobs import build_batch, token_logprobs  # noqa: E402
 from learner.loss import group_advantages  # noqa: E402

@@ -54,8 +54,21 @@ def ensure_bootstrap(cfg: RunConfig) -> Path:
     if cfg.model.folder or (folder / "bootstrap.json").exists():
         return folder
     print(f"no bootstrap model at {folder}: building it (a few minutes on 2 cores)", file=sys.stderr)
-    cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder), task=cfg.task.name))
+    cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder), task=cfg.task.name,
+                                     terms=cfg.task.terms if cfg.task.name == "arith" else None,
+                                     digits=cfg.task.digits if cfg.task.name == "arith" else None,
+                                     reference_fraction=cfg.model.bootstrap_reference_fraction, max_steps=2000))
     return folder
+
+
+def task_kwargs(args) -> dict:
+    """`generate` keywords of a procedural task from the command line (arith: terms, digits)."""
+    given = {k: getattr(args, k, None) for k in ("terms", "digits")}
+    if args.task != "arith":
+        if any(v is not None for v in given.values()):
+            raise ConfigError(f"--terms and --digits apply to task 'arith' only, not {args.task!r}")
+        return {}
+    return {"n_terms": given["terms"] or 3, "digits": given["digits"] or 2}
 
 
 def cmd_bootstrap(args) -> int:
@@ -71,13 +84,17 @@ def cmd_bootstrap(args) -> int:
         return 0
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
+    kw = task_kwargs(args)
     # arith: the 200k rows of the measured bootstrap (window at step 600, deterministic)
-    train = task.generate(args.seed, 200_000 if args.task == "arith" else 60_000, "train")
-    heldout = task.generate(args.seed, 500, "heldout")
+    train = task.generate(args.seed, 200_000 if args.task == "arith" else 60_000, "train", **kw)
+    heldout = task.generate(args.seed, 500, "heldout", **kw)
     # countdown: stop at the first evaluation in the window (its greedy accuracy swings
     # between evaluations, so waiting for 15% can take thousands of steps).
     prefer_low = 0.15 if args.task == "arith" else 0.10
-    info = bootstrap(tmp, train, heldout, task.score, seed=args.seed, prefer_low=prefer_low)
+    info = bootstrap(tmp, train, heldout, task.score, seed=args.seed, prefer_low=prefer_low,
+                     reference_fraction=args.reference_fraction, max_steps=args.max_steps)
+    info["task"] = {"name": args.task, **kw}  # what the model was warm-started on
+    (tmp / "bootstrap.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -139,7 +156,7 @@ def cmd_data(args) -> int:
     from protocol.dataset import write_jsonl
     from verifiers.scoring import _task
 
-    rows = _task(args.task).generate(args.seed, args.n, args.split)
+    rows = _task(args.task).generate(args.seed, args.n, args.split, **task_kwargs(args))
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} {args.task} rows to {args.out}")
     return 0
@@ -169,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--task", default="arith", help="procedural task to warm-start on (arith, countdown)")
     b.add_argument("--out", help="default: .cache/scca/bootstrap-s0 (arith), .cache/scca/bootstrap-TASK-sSEED")
+    b.add_argument("--terms", type=int, help="arith: terms per problem (default 3)")
+    b.add_argument("--digits", type=int, help="arith: digits per term (default 2)")
+    b.add_argument("--reference-fraction", type=float, default=0.2,
+                   help="share of each SFT batch with the problem's own solution in context (default 0.2)")
+    b.add_argument("--max-steps", type=int, default=2000, help="SFT step limit (default 2000)")
     r = sub.add_parser("run", help="run every service on this machine")
     r.add_argument("config", nargs="?")
     r.add_argument("--out")
@@ -200,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", default="train", choices=["train", "heldout"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", required=True)
+    d.add_argument("--terms", type=int, help="arith: terms per problem (default 3)")
+    d.add_argument("--digits", type=int, help="arith: digits per term (default 2)")
     sub.add_parser("doctor", help="what this machine can run")
     return p
 

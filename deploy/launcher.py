@@ -55,7 +55,7 @@ def prompt_rows(cfg: RunConfig, split: str, given: str) -> list[dict]:
         return task.load(given)
     assert cfg.task.name in PROCEDURAL and not given
     n = cfg.task.train_size if split == "train" else cfg.task.heldout_size
-    return task.generate(cfg.task.seed, n, split)
+    return task.generate(cfg.task.seed, n, split, **cfg.task.generator_kwargs())
 
 
 def resolved_config(cfg: RunConfig, run_dir: Path) -> RunConfig:

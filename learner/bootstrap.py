@@ -3,9 +3,10 @@
 What it does: trains a fresh `build_tiny_model(seed)` on (prompt -> solution + <eos>)
 examples until its greedy held-out accuracy lies in a window where RL groups hold both
 right and wrong answers (DESIGN §6, "Calibration for the bootstrap"), then writes the HF
-folder and `bootstrap.json`. 20% of each batch sees the problem's own correct solution in
-its context (`Reference solution:\n{c}\n\n{prompt}`), so the model learns to condition on
-a reference, which the SCCA self-teacher relies on.
+folder and `bootstrap.json`. A share `reference_fraction` of each batch (default 20%)
+sees the problem's own correct solution in its context (`REFERENCE_TEMPLATE`, the
+teacher's template), so the model learns to condition on a reference, which the SCCA
+self-teacher relies on.
 
 What it does NOT do: import `verifiers` (the task rows and the scorer are injected by the
 caller, e.g. `deploy/`), run RL, or use a GPU. Rows must look like
@@ -32,8 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from learner.model import EOS_ID, build_tiny_model, build_tokenizer, save_model_folder
-
-REFERENCE_TEMPLATE = "Reference solution:\n{c}\n\n{prompt}"
+from protocol.credit_methods import REFERENCE_TEMPLATE  # the teacher's template, defined once
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 EVAL_MARGIN_TOKENS = 8  # generation budget past the longest solution (+ <eos>)
 DEFAULT_MAX_NEW_TOKENS = 64

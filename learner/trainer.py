@@ -29,7 +29,7 @@ import torch
 from learner import metrics as M
 from learner.checkpoint import save_checkpoint
 from learner.credit import token_advantages
-from learner.credit_step import CreditStep
+from learner.credit.step import CreditStep
 from learner.logprobs import build_batch, pad_right, token_logprobs
 from learner.loss import group_advantages, lag_ok, policy_loss
 from protocol.weights import canary_logprob, publish_snapshot
@@ -52,7 +52,10 @@ class Trainer(threading.Thread):
         self.stop_event = threading.Event()
         self.done = asyncio.Event()
         self.error: BaseException | None = None
-        self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed)
+        self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed,
+                                 temperature=cfg.actor.temperature, top_p=cfg.actor.top_p)
+        if state.get("credit"):  # resumed: λ schedule, solution bank and credit RNG go on where they were
+            self.credit.load_state_dict(state["credit"])
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
 
     # --- thread body -------------------------------------------------------------
@@ -94,7 +97,8 @@ class Trainer(threading.Thread):
             self.log_row({"step": self.state["step"], "version": self.state["version"],
                           "heldout_accuracy": self.state["heldout_after"]})
         self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.perf_counter() - t_start
-        save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
+        save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt,
+                        {**self.state, "credit": self.credit.state_dict()}, self.hub.cursor)
         self.model.save_pretrained(self.run_dir / "final_model")
         self.tok.save_pretrained(self.run_dir / "final_model")
 
@@ -146,7 +150,8 @@ class Trainer(threading.Thread):
         if self.credit.last is not None and (self.state["step"] % 10 == 0 or self.budget_reached()):
             self.credit.write_html(self.run_dir / "credit.html", f"{self.cfg.credit.method}, step {self.state['step']}")
         if self.state["step"] % self.cfg.learner.checkpoint_every == 0:
-            save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
+            save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt,
+                            {**self.state, "credit": self.credit.state_dict()}, self.hub.cursor)
         self.log_row(row)
 
     async def _mark(self, item_ids: list[str], stale: list[tuple[str, str]]) -> None:
@@ -209,7 +214,8 @@ class Trainer(threading.Thread):
             hi = lo + lc.micro_batch
             batch = build_batch(prompt_ids[lo:hi], completions[lo:hi], self.tok.pad_token_id)
             with autocast:  # bf16 matmuls on CUDA; token_logprobs' log_softmax stays fp32
-                logp, mask, _ = token_logprobs(self.model, batch)  # [b,T], [b,T]
+                logp, mask, _ = token_logprobs(self.model, batch, temperature=self.cfg.actor.temperature,
+                                               top_p=self.cfg.actor.top_p)  # [b,T], [b,T]: the actors' distribution
             T = logp.shape[1]
             logp_behav = pad_right(behav[lo:hi], T, 0.0).to(dev)  # [b,T]
             adv_tok = token_advantages(adv_all[lo:hi], w_all[lo:hi, :T])  # [b,T]
@@ -225,7 +231,8 @@ class Trainer(threading.Thread):
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.model.eval()
-        return {**sums, **credit_stats, "loss": loss_total, "grad_norm": float(grad_norm), "tokens": total_tokens}
+        return {**sums, **credit_stats, "loss": loss_total, "tokens": total_tokens,
+                "grad_norm": float(grad_norm), "grad_clipped": float(float(grad_norm) > lc.grad_clip)}  # norm before clipping
 
     def publish(self) -> None:
         info = publish_snapshot(self.run_dir / "weights", self.state["version"], self.model, self.tok,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.credit_step import CreditStep
+from learner.credit.step import CreditStep
 from learner.hub import Group
 from learner.model import build_tiny_model, build_tokenizer
 from protocol.config import CreditConfig

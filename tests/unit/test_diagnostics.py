@@ -1,4 +1,4 @@
-"""learner/diagnostics.py: AUROC / mass on hand-made cases, and char -> token mapping on arith."""
+"""learner/credit/diagnostics.py: AUROC / mass on hand-made cases, and char -> token mapping on arith."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.diagnostics import (
+from learner.credit.diagnostics import (
     auroc,
     credit_diagnostics,
     first_error_auroc,

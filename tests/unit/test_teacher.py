@@ -1,4 +1,4 @@
-"""learner/teacher.py: chunked / top-K KL against brute force; batching and left-padding invariance."""
+"""learner/credit/teacher.py: chunked / top-K KL against brute force; batching and left-padding invariance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from learner.logprobs import build_batch, token_logprobs
-from learner.teacher import DEFAULT_TEMPLATE, teacher_scores, token_kl
+from learner.credit.teacher import DEFAULT_TEMPLATE, teacher_scores, token_kl
 from tiny import tiny_tokenizer
 
 torch.set_num_threads(1)
