@@ -147,6 +147,8 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
     incremental detokenisation: end_t = length of the common prefix of the text and
     decode(ids[:t+1]) (a token that completes a multi-byte character gets it; one that
     leaves it incomplete, whose prefix decode ends in U+FFFD, gets ""), start_t = end_{t-1}.
+    `first_wrong_token_index` then maps a wrong character split over byte tokens to its
+    first byte token: the token where the model's wrong choice began.
     """
     ids = [int(i) for i in ids]
     text = tokenizer.decode(ids, skip_special_tokens=True)
