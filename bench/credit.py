@@ -33,10 +33,10 @@ from learner.hub import Group  # noqa: E402
 from learner.logprobs import build_batch, token_logprobs  # noqa: E402
 from learner.loss import group_advantages  # noqa: E402
 from protocol.config import CreditConfig  # noqa: E402
+from protocol.credit_methods import CREDIT_METHODS  # noqa: E402
 from verifiers.tasks import arith  # noqa: E402
 
-VARIANTS = ("uniform", "sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden",
-            "shuffled")
+VARIANTS = tuple(CREDIT_METHODS)  # every registered method, round-3 arms included
 
 
 def sample_groups(engine: HFEngine, rows: list[dict], group: int) -> tuple[list[Group], float]:

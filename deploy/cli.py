@@ -57,7 +57,8 @@ def ensure_bootstrap(cfg: RunConfig) -> Path:
     cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder), task=cfg.task.name,
                                      terms=cfg.task.terms if cfg.task.name == "arith" else None,
                                      digits=cfg.task.digits if cfg.task.name == "arith" else None,
-                                     reference_fraction=cfg.model.bootstrap_reference_fraction, max_steps=2000))
+                                     reference_fraction=cfg.model.bootstrap_reference_fraction,
+                                     reference_target=cfg.model.bootstrap_reference_target, max_steps=2000))
     return folder
 
 
@@ -92,7 +93,8 @@ def cmd_bootstrap(args) -> int:
     # between evaluations, so waiting for 15% can take thousands of steps).
     prefer_low = 0.15 if args.task == "arith" else 0.10
     info = bootstrap(tmp, train, heldout, task.score, seed=args.seed, prefer_low=prefer_low,
-                     reference_fraction=args.reference_fraction, max_steps=args.max_steps)
+                     reference_fraction=args.reference_fraction, reference_target=args.reference_target,
+                     max_steps=args.max_steps)
     info["task"] = {"name": args.task, **kw}  # what the model was warm-started on
     (tmp / "bootstrap.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--digits", type=int, help="arith: digits per term (default 2)")
     b.add_argument("--reference-fraction", type=float, default=0.2,
                    help="share of each SFT batch with the problem's own solution in context (default 0.2)")
+    b.add_argument("--reference-target", type=float, default=0.0,
+                   help="stop only once greedy accuracy with the solution in context reaches this (default 0: no bar)")
     b.add_argument("--max-steps", type=int, default=2000, help="SFT step limit (default 2000)")
     r = sub.add_parser("run", help="run every service on this machine")
     r.add_argument("config", nargs="?")

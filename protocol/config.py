@@ -40,6 +40,11 @@ class ModelConfig(_Section):
         description="Share of each bootstrap SFT batch that sees the problem's own solution in its context "
         "(teaches the model to condition on a reference, which the self-teacher relies on).",
     )
+    bootstrap_reference_target: float = Field(
+        0.0, ge=0, le=1,
+        description="The bootstrap stops only once its greedy accuracy with the correct solution in context is at "
+        "least this (0 = no such bar; credit round 3 uses 0.8).",
+    )
 
 
 class TaskConfig(_Section):
