@@ -10,6 +10,7 @@ solution per prompt, so every wrong sample has a self-teacher context; diagnosti
 the rows a variant reweights.
 
     .venv/bin/python bench/credit.py [--model .cache/scca/bootstrap-s0] [--prompts 32] [--group 8]
+        [--terms 3 --digits 2 --max-new-tokens 40]
 """
 
 from __future__ import annotations
@@ -28,20 +29,20 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from actors.engines.hf import HFEngine  # noqa: E402
-from learner.credit_step import CreditStep  # noqa: E402
+from learner.credit.step import CreditStep  # noqa: E402
 from learner.hub import Group  # noqa: E402
 from learner.logprobs import build_batch, token_logprobs  # noqa: E402
 from learner.loss import group_advantages  # noqa: E402
 from protocol.config import CreditConfig  # noqa: E402
+from protocol.credit_methods import CREDIT_METHODS  # noqa: E402
 from verifiers.tasks import arith  # noqa: E402
 
-VARIANTS = ("uniform", "sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden",
-            "shuffled")
+VARIANTS = tuple(CREDIT_METHODS)  # every registered method, round-3 arms included
 
 
-def sample_groups(engine: HFEngine, rows: list[dict], group: int) -> tuple[list[Group], float]:
+def sample_groups(engine: HFEngine, rows: list[dict], group: int, max_new: int = 40) -> tuple[list[Group], float]:
     t = time.perf_counter()
-    out = engine.generate([r["prompt"] for r in rows], group, temperature=1.0, max_new_tokens=40)
+    out = engine.generate([r["prompt"] for r in rows], group, temperature=1.0, max_new_tokens=max_new)
     gen_s = time.perf_counter() - t
     groups = []
     for r, samples in zip(rows, out):
@@ -70,11 +71,14 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--lam", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--terms", type=int, default=3)
+    ap.add_argument("--digits", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
     args = ap.parse_args()
     torch.manual_seed(0)
     engine = HFEngine(args.model, threads=args.threads, seed=0)
-    rows = arith.generate(1, args.prompts, "heldout")
-    groups, gen_s = sample_groups(engine, rows, args.group)
+    rows = arith.generate(1, args.prompts, "heldout", n_terms=args.terms, digits=args.digits)
+    groups, gen_s = sample_groups(engine, rows, args.group, args.max_new_tokens)
     model, tok = engine.model, engine.tokenizer
     completions = [s["token_ids"].tolist() for g in groups for s in g.samples]
     adv = torch.cat([group_advantages(torch.tensor(g.rewards, dtype=torch.float32)) for g in groups])
@@ -82,7 +86,8 @@ def main() -> None:
     rewards = np.array([r for g in groups for r in g.rewards])
     print(f"batch: {len(completions)} samples, reward {rewards.mean():.3f}, {int((rewards < 1).sum())} wrong; "
           f"full step (sampling {gen_s:.2f}s + fwd/bwd) {step_s:.2f}s")
-    print(f"{'variant':<12} {'err mass':>9} {'AUROC all':>10} {'AUROC upto':>11} {'mass after':>11} {'teacher/step':>13}")
+    print(f"{'variant':<16} {'err mass':>9} {'AUROC all':>10} {'AUROC upto':>11} {'mass after':>11} {'teacher/step':>13} "
+          f"{'max w':>6} {'neg kept':>9}")
     for name in VARIANTS:
         cfg = CreditConfig(method=name, lam_max=args.lam, warmup_steps=0, ramp_steps=0, gate_ratio=0.0)
         step = CreditStep(cfg, model, tok, seed=0)
@@ -91,10 +96,11 @@ def main() -> None:
         with torch.no_grad():
             _, stats = step.weights(groups, completions, adv, step=0)
         cost = stats.get("time_teacher", 0.0) / step_s
-        print(f"{name:<12} {stats.get('credit/first_error_mass', float('nan')):>9.3f} "
+        print(f"{name:<16} {stats.get('credit/first_error_mass', float('nan')):>9.3f} "
               f"{stats.get('credit/first_error_auroc', float('nan')):>10.3f} "
               f"{stats.get('credit/first_error_auroc_upto', float('nan')):>11.3f} "
-              f"{stats.get('credit/mass_after_error', float('nan')):>11.3f} {cost:>13.2f}")
+              f"{stats.get('credit/mass_after_error', float('nan')):>11.3f} {cost:>13.2f} "
+              f"{stats['credit/w_max']:>6.2f} {stats['credit/neg_weight_kept']:>9.3f}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ class OneProcessLoop:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from actors.engines.hf import HFEngine
-        from learner.credit_step import CreditStep
+        from learner.credit.step import CreditStep
         from protocol.config import load_config
         from protocol.dataset import read_jsonl
 

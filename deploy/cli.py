@@ -67,8 +67,22 @@ def ensure_bootstrap(cfg: RunConfig) -> Path:
     if cfg.model.folder or (folder / "bootstrap.json").exists():
         return folder
     print(f"no bootstrap model at {folder}: building it (a few minutes on 2 cores)", file=sys.stderr)
-    cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder), task=cfg.task.name))
+    cmd_bootstrap(argparse.Namespace(seed=cfg.model.bootstrap_seed, out=str(folder), task=cfg.task.name,
+                                     terms=cfg.task.terms if cfg.task.name == "arith" else None,
+                                     digits=cfg.task.digits if cfg.task.name == "arith" else None,
+                                     reference_fraction=cfg.model.bootstrap_reference_fraction,
+                                     reference_target=cfg.model.bootstrap_reference_target, max_steps=2000))
     return folder
+
+
+def task_kwargs(args) -> dict:
+    """`generate` keywords of a procedural task from the command line (arith: terms, digits)."""
+    given = {k: getattr(args, k, None) for k in ("terms", "digits")}
+    if args.task != "arith":
+        if any(v is not None for v in given.values()):
+            raise ConfigError(f"--terms and --digits apply to task 'arith' only, not {args.task!r}")
+        return {}
+    return {"n_terms": given["terms"] or 3, "digits": given["digits"] or 2}
 
 
 def cmd_bootstrap(args) -> int:
@@ -84,13 +98,18 @@ def cmd_bootstrap(args) -> int:
         return 0
     tmp = out.with_name(out.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
+    kw = task_kwargs(args)
     # arith: the 200k rows of the measured bootstrap (window at step 600, deterministic)
-    train = task.generate(args.seed, 200_000 if args.task == "arith" else 60_000, "train")
-    heldout = task.generate(args.seed, 500, "heldout")
+    train = task.generate(args.seed, 200_000 if args.task == "arith" else 60_000, "train", **kw)
+    heldout = task.generate(args.seed, 500, "heldout", **kw)
     # countdown: stop at the first evaluation in the window (its greedy accuracy swings
     # between evaluations, so waiting for 15% can take thousands of steps).
     prefer_low = 0.15 if args.task == "arith" else 0.10
-    info = bootstrap(tmp, train, heldout, task.score, seed=args.seed, prefer_low=prefer_low)
+    info = bootstrap(tmp, train, heldout, task.score, seed=args.seed, prefer_low=prefer_low,
+                     reference_fraction=args.reference_fraction, reference_target=args.reference_target,
+                     max_steps=args.max_steps)
+    info["task"] = {"name": args.task, **kw}  # what the model was warm-started on
+    (tmp / "bootstrap.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -200,7 +219,7 @@ def cmd_data(args) -> int:
         raise ConfigError(f"scca data {args.task}: no generator; the {args.task!r} task reads your own JSONL "
                           f"([task] train_file); generators: {', '.join(PROCEDURAL + ('math',))}"
                           if args.task in JSONL else f"unknown task {args.task!r}")
-    rows = TASKS[args.task].generate(args.seed, args.n, args.split)
+    rows = TASKS[args.task].generate(args.seed, args.n, args.split, **task_kwargs(args))
     write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} {args.task} rows to {args.out}")
     return 0
@@ -271,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="seed of the model and its training data")
     b.add_argument("--task", default="arith", help="procedural task to warm-start on (arith, countdown)")
     b.add_argument("--out", help="default: .cache/scca/bootstrap-s0 (arith), .cache/scca/bootstrap-TASK-sSEED")
+    b.add_argument("--terms", type=int, help="arith: terms per problem (default 3)")
+    b.add_argument("--digits", type=int, help="arith: digits per term (default 2)")
+    b.add_argument("--reference-fraction", type=float, default=0.2,
+                   help="share of each SFT batch with the problem's own solution in context (default 0.2)")
+    b.add_argument("--reference-target", type=float, default=0.0,
+                   help="stop only once greedy accuracy with the solution in context reaches this (default 0: no bar)")
+    b.add_argument("--max-steps", type=int, default=2000, help="SFT step limit (default 2000)")
     r = sub.add_parser("run", help="run every service on this machine",
                        description="Start the learner, actors and verifiers of one run on this machine, show "
                        "progress (a live table on a terminal, plain lines otherwise) and stop them all at the end. "
@@ -300,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, help="JSONL file to write")
     d.add_argument("--max-number", type=int, default=20, help="math: largest number in a problem")
     d.add_argument("--kinds", default="add,sub,mul,two_step", help="math: problem kinds (add, sub, mul, two_step)")
+    d.add_argument("--terms", type=int, help="arith: terms per problem (default 3)")
+    d.add_argument("--digits", type=int, help="arith: digits per term (default 2)")
     mm = sub.add_parser("make-model", help="a small random Qwen2/Llama/Gemma/Phi/... folder, built locally")
     mm.add_argument("--arch", default="qwen2", help="qwen2, qwen3, llama, mistral, gemma, gemma2, gemma3, phi, phi3, ...")
     mm.add_argument("--out", required=True, help="model folder to write")

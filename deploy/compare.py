@@ -1,11 +1,15 @@
 """`scca compare`: credit variants × seeds from one checkpoint, same sample budget (DESIGN §6).
 
-What it does: for every method (`grpo` is `uniform`) and seed, runs the whole pipeline
+What it does: for every method (a name of the credit registry,
+`protocol/credit_methods.py`; `grpo` is `uniform`) and seed, runs the whole pipeline
 (`deploy.launcher.run`) with `[credit] method` and `[learner] seed` set, into
 `OUT/<method>-s<seed>/`; then reads each run's `metrics.jsonl` and writes
   OUT/results.csv   method, seed, samples_to_target, final_accuracy,
                     auc_accuracy_vs_samples, first_error_mass, first_error_auroc,
-                    teacher_overhead, wall_seconds
+                    teacher_overhead, wall_seconds, accuracy_before, and the run's
+                    step means of the weight statistics (w_max, w_std, w_sq_mean,
+                    neg_weight_kept, neg_adv_total), λ, grad_norm (before clipping)
+                    and grad_clip_rate (share of steps whose gradient was clipped)
   OUT/results.md    mean ± 95% bootstrap CI per method, paired differences against grpo
   OUT/accuracy.png  held-out accuracy vs samples per method, mean with a CI band
 A run whose folder already holds a completed summary made with the same config is reused
@@ -24,22 +28,28 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import get_args
-
 import numpy as np
 
 from deploy.launcher import resolved_config, run
-from protocol.config import CREDIT_METHODS, ConfigError, RunConfig
+from protocol.config import ConfigError, RunConfig
+from protocol.credit_methods import COMPARE_ALIASES, CREDIT_METHODS
 
 FINAL_EVALS = 3  # final accuracy = mean of the last this-many evaluations
 BOOTSTRAP_RESAMPLES = 2000
 CI = 0.95
 FIELDS = ("method", "seed", "samples_to_target", "final_accuracy", "auc_accuracy_vs_samples", "first_error_mass",
-          "first_error_auroc", "teacher_overhead", "wall_seconds")
+          "first_error_auroc", "teacher_overhead", "wall_seconds", "accuracy_before", "w_max", "w_std", "w_sq_mean",
+          "neg_weight_kept", "neg_adv_total", "lambda_mean", "grad_norm", "grad_clip_rate")
+STEP_MEANS = {  # results.csv column -> metrics.jsonl key, averaged over the run's steps
+    "w_max": "credit/w_max", "w_std": "credit/w_std", "w_sq_mean": "credit/w_sq_mean",
+    "neg_weight_kept": "credit/neg_weight_kept", "neg_adv_total": "credit/neg_adv_total",
+    "lambda_mean": "credit/lambda", "grad_norm": "grad_norm", "grad_clip_rate": "grad_clipped",
+}
 
 
 def method_to_credit(method: str) -> str:
-    return "uniform" if method == "grpo" else method
+    """`scca compare` method name -> [credit] method (the registry's names, plus grpo = uniform)."""
+    return COMPARE_ALIASES.get(method, method)
 
 
 def run_one(cfg: RunConfig, method: str, seed: int, out: Path) -> Path:
@@ -109,6 +119,8 @@ def summarise(method: str, seed: int, run_dir: Path, target: float) -> dict:
         "first_error_auroc": mean_of("credit/first_error_auroc"),
         "teacher_overhead": teacher / step_time if math.isfinite(teacher) and step_time > 0 else 0.0,
         "wall_seconds": json.loads((run_dir / "summary.json").read_text()).get("wall_seconds"),
+        "accuracy_before": float(acc[0]) if len(acc) else float("nan"),
+        **{col: mean_of(key) for col, key in STEP_MEANS.items()},
     }
 
 
@@ -175,7 +187,7 @@ def plot(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], out: Path) -> N
 
 
 def check_methods(methods: list[str]) -> None:
-    known = ("grpo", *get_args(CREDIT_METHODS))
+    known = (*COMPARE_ALIASES, *CREDIT_METHODS)
     bad = [m for m in methods if m not in known]
     if bad or not methods:
         raise ConfigError(f"unknown credit method(s) {bad or '(none given)'}; known: {', '.join(known)}")

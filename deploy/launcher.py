@@ -64,7 +64,7 @@ def prompt_rows(cfg: RunConfig, split: str, given: str) -> tuple[list[dict], dic
         return rows, {**report.summary(), "lines": report.lines}
     assert cfg.task.name in PROCEDURAL and not given
     n = cfg.task.train_size if split == "train" else cfg.task.heldout_size
-    return task.generate(cfg.task.seed, n, split), None
+    return task.generate(cfg.task.seed, n, split, **cfg.task.generator_kwargs()), None
 
 
 def resolved_config(cfg: RunConfig, run_dir: Path) -> RunConfig:

@@ -10,8 +10,16 @@ What it does:
   * `pad_right` packs ragged per-sample arrays (e.g. the actors' behaviour logprobs)
     into that same [B, T] layout.
 
-What it does NOT do: sample, apply top-k/top-p (logprobs are of the full softmax at the
-given temperature, matching a plain temperature sampler), or compute any loss.
+Log-probabilities are those of the actors' sampling distribution (DESIGN §5), so the
+behaviour importance weight b = π_prox / μ compares like with like:
+    π_t = softmax(z_t / temperature) restricted to the top-p nucleus and renormalised
+    (`nucleus_mask`: the rule of HF's TopPLogitsWarper and vLLM: sort ascending, drop the
+    tokens whose cumulative probability is <= 1 - top_p, keep at least the most likely).
+The sampled token is always kept in the nucleus: a token the actor drew must have a
+finite log-probability even when the learner's slightly different weights put it just
+outside its own nucleus. top_p = 1 is the full softmax at the temperature.
+
+What it does NOT do: sample, apply top-k, or compute any loss.
 
 The logits at sequence position j predict the token at j + 1. log_softmax is taken in
 float32, a chunk of rows at a time, and only at the T + 1 last positions
@@ -71,16 +79,43 @@ def build_batch(
     }
 
 
+def nucleus_mask(logp: Tensor, top_p: float, keep: Tensor | None = None) -> Tensor:
+    """bool [..., V]: the top-p nucleus of each row of log-probabilities `logp` [..., V].
+
+    Sort ascending, drop tokens whose cumulative probability is <= 1 - top_p, always keep
+    the most likely token (HF TopPLogitsWarper / vLLM rule); `keep` [...] long adds one
+    token per row (the sampled one). top_p >= 1 keeps everything.
+    """
+    if top_p >= 1.0:
+        return torch.ones_like(logp, dtype=torch.bool)
+    sorted_lp, idx = torch.sort(logp.detach(), dim=-1, descending=False)
+    cum = sorted_lp.exp().cumsum(dim=-1)
+    drop_sorted = cum <= (1.0 - top_p)
+    drop_sorted[..., -1] = False
+    drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
+    mask = ~drop
+    if keep is not None:
+        mask = mask.scatter(-1, keep.long()[..., None], True)
+    return mask
+
+
+def restrict(logp: Tensor, mask: Tensor) -> Tensor:
+    """log-probabilities renormalised over `mask` (-inf outside): logp - logsumexp(logp[mask])."""
+    masked = logp.masked_fill(~mask, -torch.inf)
+    return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
+
+
 def token_logprobs(
     model: torch.nn.Module,
     batch: dict[str, Tensor | int],
     *,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     with_entropy: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """log π(y_t | x, y_<t) of every completion token of a `build_batch` batch.
 
-    π is softmax(logits / temperature) over the full vocabulary, in float32.
+    π is softmax(logits / temperature) over the top-p nucleus (module doc), in float32.
     Returns
       logp     [B, T] float32  completion token t of row i at column t (left-aligned);
                                0.0 on padding; differentiable if grad is enabled
@@ -88,8 +123,8 @@ def token_logprobs(
       entropy  [B, T] float32  H(π(· | x, y_<t)) (detached; 0.0 on padding), or None
     The forward pass uses the batch's attention_mask and explicit position_ids.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if temperature <= 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     input_ids: Tensor = batch["input_ids"]  # [B, L]
     comp_mask: Tensor = batch["completion_mask"]  # [B, L]
     T = int(batch["n_completion"])
@@ -129,6 +164,8 @@ def token_logprobs(
             logits[s:e], 1, win_idx[s:e, :, None].expand(-1, -1, V)
         )  # [b, T, V]
         logsm = torch.log_softmax(sel.float() / temperature, dim=-1)  # [b, T, V]
+        if top_p < 1.0:
+            logsm = restrict(logsm, nucleus_mask(logsm, top_p, targets[s:e]))  # [b, T, V], -inf outside
         logp_parts.append(torch.gather(logsm, 2, targets[s:e, :, None]).squeeze(2))  # [b, T]
         if with_entropy:
             with torch.no_grad():

@@ -34,7 +34,7 @@ import torch
 
 from learner import metrics as M
 from learner.checkpoint import save_checkpoint
-from learner.credit_step import CreditStep
+from learner.credit.step import CreditStep
 from learner.screening import fresh_enough
 from learner.snapshots import SnapshotPublisher
 from learner.update import flatten_groups, policy_update
@@ -64,7 +64,10 @@ class Trainer(threading.Thread):
         self.stop_event = threading.Event()
         self.done = asyncio.Event()
         self.error: BaseException | None = None
-        self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed, encode=renderer.encode)
+        self.credit = CreditStep(cfg.credit, model, tokenizer, seed=cfg.learner.seed, encode=renderer.encode,
+                                 temperature=cfg.actor.temperature, top_p=cfg.actor.top_p)
+        if state.get("credit"):  # resumed: λ schedule, solution bank and credit RNG go on where they were
+            self.credit.load_state_dict(state["credit"])
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self.publisher = publisher or SnapshotPublisher(cfg.learner.keep_snapshots)
         self.last_row: dict | None = None  # the last metrics row (progress lines read it)
@@ -78,7 +81,7 @@ class Trainer(threading.Thread):
         except Stopped:
             log.info("trainer stopped at step %d: checkpointing it", self.state["step"])
             self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.perf_counter() - self.t_start
-            save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
+            self.save_checkpoint()
         except BaseException as exc:  # surfaced to the service, which exits non-zero
             log.exception("trainer failed")
             self.error = exc
@@ -117,7 +120,7 @@ class Trainer(threading.Thread):
             self.log_row({"step": self.state["step"], "version": self.state["version"],
                           "heldout_accuracy": self.state["heldout_after"]})
         self.state["wall_seconds"] = self.state.get("wall_before", 0.0) + time.perf_counter() - t_start
-        save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
+        self.save_checkpoint()
         save_model(self.model, self.run_dir / "final_model", self.dtype)
         self.tok.save_pretrained(self.run_dir / "final_model")
 
@@ -190,8 +193,13 @@ class Trainer(threading.Thread):
             self.credit.write_html(self.run_dir / "credit.html", f"{self.cfg.credit.method}, step {self.state['step']}")
         if self.state["step"] % self.cfg.learner.checkpoint_every == 0:
             t = time.perf_counter()
-            save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt, self.state, self.hub.cursor)
+            self.save_checkpoint()
             row["time_checkpoint"] = time.perf_counter() - t
+
+    def save_checkpoint(self) -> None:
+        """Model, optimiser, run state and the credit state (λ schedule, solution bank, RNG)."""
+        save_checkpoint(self.run_dir / "checkpoint", self.model, self.tok, self.opt,
+                        {**self.state, "credit": self.credit.state_dict()}, self.hub.cursor)
 
     def eval_due(self) -> bool:
         return bool(self.cfg.learner.eval_every) and self.state["step"] % self.cfg.learner.eval_every == 0
@@ -245,7 +253,8 @@ class Trainer(threading.Thread):
             w_all, credit_stats = self.credit.weights(groups, flat.completions, flat.adv, self.state["step"])  # [N,Tmax]
         credit_stats["time_credit"] = time.perf_counter() - t
         stats = policy_update(self.model, self.opt, flat, w_all, loss_cfg=self.cfg.loss, micro_batch=lc.micro_batch,
-                              grad_clip=lc.grad_clip, pad_id=self.pad_id, bf16=lc.bf16)
+                              grad_clip=lc.grad_clip, pad_id=self.pad_id, bf16=lc.bf16,
+                              temperature=self.cfg.actor.temperature, top_p=self.cfg.actor.top_p)
         return {**stats, **credit_stats}
 
     def publish(self) -> None:

@@ -86,12 +86,14 @@ def padded_tokens(lengths: list[int], buckets: list[list[int]]) -> int:
 
 
 def micro_batch_loss(model, flat: FlatBatch, rows: list[int], w_all: torch.Tensor, loss_cfg, pad_id: int,
-                     autocast) -> tuple[torch.Tensor, dict, int]:
-    """Token-mean loss of the rows `rows` (one forward pass), its stats and valid token count."""
+                     autocast, sampling: dict) -> tuple[torch.Tensor, dict, int]:
+    """Token-mean loss of the rows `rows` (one forward pass), its stats and valid token count.
+    `sampling` ({"temperature", "top_p"}) is the actors' distribution: log π is taken under
+    it, so the ratio π/μ compares like with like."""
     dev = w_all.device
     batch = build_batch([flat.prompt_ids[i] for i in rows], [flat.completions[i] for i in rows], pad_id)
     with autocast:  # bf16 matmuls on CUDA; token_logprobs' log_softmax stays fp32
-        logp, mask, _ = token_logprobs(model, batch)  # [b,T], [b,T]
+        logp, mask, _ = token_logprobs(model, batch, **sampling)  # [b,T], [b,T]
     T = logp.shape[1]
     idx = torch.tensor(rows, dtype=torch.long, device=dev)  # [b]
     logp_behav = pad_right([flat.behav[i] for i in rows], T, 0.0).to(dev)  # [b,T]
@@ -103,12 +105,14 @@ def micro_batch_loss(model, flat: FlatBatch, rows: list[int], w_all: torch.Tenso
 
 
 def policy_update(model, optimizer, flat: FlatBatch, w_all: torch.Tensor, *, loss_cfg, micro_batch: int,
-                  grad_clip: float, pad_id: int, bf16: bool = True) -> dict:
+                  grad_clip: float, pad_id: int, bf16: bool = True, temperature: float = 1.0,
+                  top_p: float = 1.0) -> dict:
     """Backward of `L = Σ m b pg / Σ m` over length-bucketed micro-batches, clip, one AdamW step.
 
     w_all: [N, T] credit weights (T = longest completion). Returns the loss, the token-
     weighted means of policy_loss's stats, grad_norm, tokens, and `padded_tokens` /
-    `padding_frac` (positions run vs. valid prompt + completion positions).
+    `padding_frac` (positions run vs. valid prompt + completion positions), and
+    `grad_clipped` (1 when the norm before clipping exceeded grad_clip).
     """
     dev = next(model.parameters()).device
     w_all = w_all.to(dev)
@@ -120,7 +124,8 @@ def policy_update(model, optimizer, flat: FlatBatch, w_all: torch.Tensor, *, los
     sums: dict[str, float] = {}
     loss_total = 0.0
     for rows in buckets:
-        loss, stats, n = micro_batch_loss(model, flat, rows, w_all, loss_cfg, pad_id, autocast)
+        loss, stats, n = micro_batch_loss(model, flat, rows, w_all, loss_cfg, pad_id, autocast,
+                                          {"temperature": temperature, "top_p": top_p})
         share = n / max(total, 1)
         (loss * share).backward()
         loss_total += float(loss.detach()) * share
@@ -131,5 +136,6 @@ def policy_update(model, optimizer, flat: FlatBatch, w_all: torch.Tensor, *, los
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     run = padded_tokens(lengths, buckets)
-    return {**sums, "loss": loss_total, "grad_norm": float(grad_norm), "tokens": total,
+    return {**sums, "loss": loss_total, "grad_norm": float(grad_norm),  # norm before clipping
+            "grad_clipped": float(float(grad_norm) > grad_clip), "tokens": total,
             "padded_tokens": run, "padding_frac": 1.0 - sum(lengths) / max(run, 1)}

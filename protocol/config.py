@@ -18,7 +18,9 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from protocol.credit_methods import CREDIT_METHODS, REFERENCE_TEMPLATE
 
 
 class _Section(BaseModel):
@@ -35,6 +37,16 @@ class ModelConfig(_Section):
     )
     bootstrap_dir: str = Field(".cache/scca/bootstrap-s0", description="Where `scca bootstrap` caches the tiny model.")
     bootstrap_seed: int = Field(0, ge=0, description="Seed of the bootstrap model.")
+    bootstrap_reference_fraction: float = Field(
+        0.2, ge=0, le=1,
+        description="Share of each bootstrap SFT batch that sees the problem's own solution in its context "
+        "(teaches the model to condition on a reference, which the self-teacher relies on).",
+    )
+    bootstrap_reference_target: float = Field(
+        0.0, ge=0, le=1,
+        description="The bootstrap stops only once its greedy accuracy with the correct solution in context is at "
+        "least this (0 = no such bar; credit round 3 uses 0.8).",
+    )
 
 
 class TaskConfig(_Section):
@@ -72,6 +84,20 @@ class TaskConfig(_Section):
         "", max_length=256, pattern=r"^$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="Plug-in reward 'package.module:function', called as function(prompt, completion, meta) -> float "
         "| dict with 'reward' in the verifier's workers (same timeout, cache, stamping); empty = the task's scorer.")
+
+    terms: int = Field(3, ge=2, le=32, description="arith only: terms per problem (10 one-digit terms: ~70-character chains).")
+    digits: int = Field(2, ge=1, le=6, description="arith only: digits per term (1 = terms 0..9).")
+
+    @model_validator(mode="after")
+    def _arith_keys(self) -> "TaskConfig":
+        given = {"terms", "digits"} & self.model_fields_set
+        if given and self.name != "arith":
+            raise ValueError(f"{', '.join(sorted(given))} apply to task 'arith' only, not {self.name!r}")
+        return self
+
+    def generator_kwargs(self) -> dict:
+        """Keyword arguments of the procedural task's `generate` beyond (seed, n, split)."""
+        return {"n_terms": self.terms, "digits": self.digits} if self.name == "arith" else {}
 
     @model_validator(mode="after")
     def _system_prompt_needs_chat(self):
@@ -142,22 +168,39 @@ class LossConfig(_Section):
     )
 
 
-CREDIT_METHODS = Literal["uniform", "sc_kl", "sc_prefix", "sc_unshared", "sc_pos", "sc_contrast", "sc_signed", "entropy", "hidden", "shuffled"]
-
-
 class CreditConfig(_Section):
-    """Token credit (DESIGN §6): `uniform` is plain GRPO; the others reweight tokens (mean 1)."""
+    """Token credit (DESIGN §6): `uniform` is plain GRPO; the others reweight tokens.
 
-    method: CREDIT_METHODS = Field("uniform", description="Credit variant (one function each in learner/credit.py).")
-    lam_max: float = Field(0.5, ge=0, le=1, description="λ_max: w = (1 - λ) + λ u; 0 = uniform.")
+    `method` names an entry of `protocol.credit_methods.CREDIT_METHODS` (the one registry)."""
+
+    method: str = Field("uniform", description="Credit variant: a name in protocol/credit_methods.py CREDIT_METHODS.")
+    lam_max: float = Field(0.5, ge=0, le=1, description="λ_max of the `ramp` schedule: w = (1 - λ) + λ u; 0 = uniform.")
     warmup_steps: int = Field(10, ge=0, description="Steps with λ = 0 before the ramp.")
     ramp_steps: int = Field(20, ge=0, description="Steps of the linear ramp from 0 to λ_max.")
     gate_ratio: float = Field(1.2, ge=0, description="λ stays 0 while EMA of mean s(incorrect)/mean s(correct) is below this (0 = no gate).")
-    template: str = Field("Reference solution:\n{c}\n\n{prompt}", description="Teacher context template ({c}, {prompt}).")
+    decay_from: float = Field(0.5, ge=0, le=1, description="λ at step 0 of the `decay` schedule (RLSD: 0.5).")
+    decay_steps: int = Field(50, ge=1, description="Steps over which the `decay` schedule takes λ linearly to 0 (RLSD: 50).")
+    template: str = Field(REFERENCE_TEMPLATE, description="Teacher context template ({c}, {prompt}).")
     allow_identical_context: bool = Field(
         True, description="A sibling whose text equals the sample's may be its context (arith: all correct answers are one string)."
     )
     teacher_micro_batch: int = Field(32, ge=1, le=4096, description="Rows per teacher forward pass.")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in CREDIT_METHODS:
+            raise ValueError(f"unknown credit method {v!r}; known: {', '.join(CREDIT_METHODS)}")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template_fields(cls, v: str) -> str:
+        try:
+            v.format(c="", prompt="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"template may use only {{c}} and {{prompt}}: {exc!r}") from None
+        return v
 
 
 class ActorConfig(_Section):

@@ -1,4 +1,4 @@
-"""learner/credit_schedule.py: warm-up and ramp values, the reliability gate, score means."""
+"""learner/credit/schedule.py: warm-up and ramp values, the reliability gate, score means."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.credit_schedule import LambdaSchedule, score_means
+from learner.credit.schedule import LambdaSchedule, score_means
 
 torch.set_num_threads(1)
 

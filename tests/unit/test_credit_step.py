@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from learner.credit_step import CreditStep
+from learner.credit.step import CreditStep
 from learner.hub import Group
 from learner.model import build_tiny_model, build_tokenizer
 from protocol.config import CreditConfig
@@ -86,3 +86,50 @@ def test_hidden_uses_the_actors_summaries_and_computes_missing_ones_itself():
     groups[0].samples[0]["hidden"] = np.zeros((len(completions[0]), 8), np.float16)
     _, stats_bad = again.weights(groups, completions, torch.tensor([1.0, -1.0] * 4), step=5)
     assert stats_bad["credit/hidden_from_actors"] == 7 / 8
+
+
+def test_credit_state_survives_a_real_checkpoint(tmp_path):
+    """λ schedule (gate EMA), solution bank and credit RNG go through save_checkpoint /
+    load_checkpoint files: the resumed step is the step the uninterrupted run takes."""
+    from learner.checkpoint import load_checkpoint, save_checkpoint
+
+    tok = build_tokenizer()
+    model = build_tiny_model(0)
+    cfg = CreditConfig(method="shuffled", warmup_steps=0, ramp_steps=0, gate_ratio=0.0)
+    groups = _groups(tok)
+    completions = [s["token_ids"].tolist() for g in groups for s in g.samples]
+    adv = torch.tensor([1.0, -1.0] * 4)
+    run = CreditStep(cfg, model, tok, seed=3)
+    for step in range(3):
+        run.weights(groups, completions, adv, step=step)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    save_checkpoint(tmp_path / "checkpoint", model, tok, opt, {"step": 3, "credit": run.state_dict()}, cursor=0)
+    state = load_checkpoint(tmp_path / "checkpoint", opt)
+    resumed = CreditStep(cfg, model, tok, seed=3)
+    resumed.load_state_dict(state["credit"])
+    assert resumed.state_dict() == run.state_dict()
+    assert resumed.schedule.ratio_ema is not None and len(resumed.bank) == 2
+    w_run, st_run = run.weights(groups, completions, adv, step=3)
+    w_res, st_res = resumed.weights(groups, completions, adv, step=3)
+    assert torch.equal(w_run, w_res) and st_run["credit/lambda"] == st_res["credit/lambda"]
+    fresh = CreditStep(cfg, model, tok, seed=3)  # what a resume without the state used to do
+    assert not torch.equal(fresh.weights(groups, completions, adv, step=3)[0], w_run)
+    with pytest.raises(ValueError, match="method"):
+        CreditStep(CreditConfig(method="sc_kl"), model, tok, seed=3).load_state_dict(state["credit"])
+
+
+@pytest.mark.parametrize("method", ["verifier", "sc_cut", "sc_cut_shuffled", "sc_grpo", "sc_grpo_rlsd"])
+def test_round3_arms_cut_wrong_samples_and_log_weight_stats(method):
+    step, groups, (w, stats) = _run(method)
+    correct = torch.tensor([True, False] * 4)
+    assert torch.equal(w[correct], torch.ones_like(w[correct]))  # correct samples keep w = 1
+    assert stats["credit/w_max"] <= 4.0 and not torch.equal(w[~correct], torch.ones_like(w[~correct]))
+    if method.startswith("sc_grpo"):  # s / s̄ over the reweighted tokens: batch mean 1 while no cap binds
+        assert stats["credit/neg_weight_kept"] <= 1.0 + 1e-6
+    else:  # a cut drops the tokens after it
+        assert stats["credit/neg_weight_kept"] < 1.0
+    for key in ("credit/w_std", "credit/w_sq_mean", "credit/neg_adv_total", "credit/lambda"):
+        assert key in stats
+    if method == "verifier":  # the verifier names character 20: w = 1 through token 20, 0 after
+        assert torch.equal(w[1], (torch.arange(w.shape[1]) <= 20).float())
+        assert stats["credit/first_error_mass"] == pytest.approx(1 / 21)

@@ -1,4 +1,4 @@
-"""learner/credit.py: the shared contract, `uniform`, `token_advantages`, `check_weights`."""
+"""learner/credit/batch.py + registry: the shared contract, `uniform`, `token_advantages`, `check_weights`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from learner.credit import REGISTRY, CreditBatch, check_weights, token_advantages, uniform
+from learner.credit import REGISTRY, CreditBatch, check_weights, token_advantages
+from learner.credit.variants import uniform
 
 torch.set_num_threads(1)
 
@@ -30,7 +31,7 @@ def test_uniform_returns_mask():
     assert torch.equal(w, MASK) and w.dtype == torch.float32
     assert w.data_ptr() != MASK.data_ptr()  # a new tensor, not an alias of the mask
     check_weights(w, MASK)
-    assert REGISTRY["uniform"] is uniform
+    assert REGISTRY["uniform"].fn is uniform
 
 
 def test_every_registered_variant_keeps_the_contract():
@@ -42,14 +43,15 @@ def test_every_registered_variant_keeps_the_contract():
         teacher_kl=torch.rand(B, T),
         teacher_logq=-torch.rand(B, T),
         plain_logp=-torch.rand(B, T),
+        first_wrong=torch.tensor([1, 0, -1]),
     )
-    for name, fn in REGISTRY.items():
+    for name, v in REGISTRY.items():
         for lam in (0.0, 0.5, 1.0):
-            w = fn(batch, lam=lam)
+            w = v(batch, lam=lam)
             assert w.shape == (B, T), name
-            check_weights(w, MASK)
-            # advantage mass per sequence is kept: sum_t A_i w_it = A_i * n_i
-            torch.testing.assert_close((token_advantages(batch.adv, w)).sum(1), batch.adv * MASK.sum(1))
+            check_weights(w, MASK, mean_one=v.spec.mean_one)
+            if v.spec.mean_one:  # advantage mass per sequence is kept: sum_t A_i w_it = A_i * n_i
+                torch.testing.assert_close((token_advantages(batch.adv, w)).sum(1), batch.adv * MASK.sum(1))
 
 
 def test_check_weights_catches_bad_weights():

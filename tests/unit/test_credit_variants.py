@@ -1,4 +1,4 @@
-"""learner/credit.py: the SCCA variants (DESIGN §6) — contract, hand-computed values, edge rows."""
+"""learner/credit/variants.py: the mean-one SCCA variants (DESIGN §6) — contract, hand-computed values, edge rows."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from learner.credit import (
-    REGISTRY,
-    U_MAX,
-    CreditBatch,
-    check_weights,
-    first_divergence,
-    score_weights,
-    token_advantages,
-)
+from learner.credit import REGISTRY, CreditBatch, check_weights, token_advantages
+from learner.credit.normalise import U_MAX, score_weights, water_fill
+from learner.credit.variants import first_divergence
 
 torch.set_num_threads(1)
 
@@ -82,17 +76,30 @@ def test_sc_kl_hand_values_and_lambda_mix():
         REGISTRY["sc_kl"](b, lam=1.5)
 
 
-def test_cap_then_renormalise():
-    s = [10.0] + [1.0] * 7  # mean 17/8: u0 = 80/17 > U_MAX gets capped, then all renormalised
-    u = [min(x / (17 / 8), U_MAX) for x in s]
-    mean_u = sum(u) / 8
-    expected = [x / mean_u for x in u]  # u0 = 4.387..., others 0.516...
+def test_water_filling_cap_holds_after_normalisation():
+    s = [10.0] + [1.0] * 7  # mean 17/8: u0 = 80/17 > U_MAX is capped, the rest shares the remaining mass
     w = REGISTRY["sc_kl"](_row_batch(s), lam=1.0)
-    torch.testing.assert_close(w[0, :8], torch.tensor(expected))
-    assert abs(expected[0] - 4.3871) < 1e-3
-    # one-hot score: renormalising undoes the cap (documented in score_weights)
+    torch.testing.assert_close(w[0, :8], torch.tensor([U_MAX] + [4.0 / 7] * 7))
+    # one-hot score: no α reaches mean 1 under the cap; the spike sits at the cap, the rest spread evenly
     w1 = REGISTRY["sc_kl"](_row_batch([1.0] + [0.0] * 9), lam=1.0)
-    torch.testing.assert_close(w1[0, :10], torch.tensor([10.0] + [0.0] * 9))
+    torch.testing.assert_close(w1[0, :10], torch.tensor([U_MAX] + [6.0 / 9] * 9))
+    # a spike and a slope: the spike is capped, below the cap u stays proportional to s (one α per row):
+    # s / mean = 30 / 7.25 > 4 -> u0 = 4; the other 4 units of mass go to s[1:] in proportion, α = 4 / 28
+    s2 = [30.0, 20.0, 3.0, 2.0, 1.0, 1.0, 1.0, 0.0]
+    w2 = REGISTRY["sc_kl"](_row_batch(s2), lam=1.0)[0, :8]
+    torch.testing.assert_close(w2, torch.tensor([U_MAX] + [x * 4.0 / 28.0 for x in s2[1:]]))
+
+
+def test_water_fill_bounds_on_random_rows():
+    g = torch.Generator().manual_seed(1)
+    s = torch.rand(200, 30, generator=g) ** 8 * 100  # heavy-tailed scores
+    valid = torch.rand(200, 30, generator=g) > 0.2
+    u = water_fill(s, valid)
+    n = valid.sum(1)
+    assert (u <= U_MAX + 1e-9).all() and (u[~valid] == 0).all()
+    torch.testing.assert_close(u.sum(1)[n > 0], n[n > 0].double())
+    with pytest.raises(ValueError, match="cap"):
+        water_fill(s, valid, cap=0.5)
 
 
 def test_tiny_mean_score_adv_zero_and_no_teacher_give_uniform():
@@ -189,8 +196,8 @@ def test_hidden_matches_an_independent_computation():
     mu_n = torch.stack(mu_n)
     for i, n in ((0, 2), (1, 3)):
         s = F.cosine_similarity(h[i, :n] - (mu_p + mu_n) / 2, (mu_p - mu_n)[None, :], dim=-1).abs()
-        u = (s / s.mean()).clamp(max=U_MAX)
-        torch.testing.assert_close(w[i, :n], u / u.mean())
+        u = water_fill((s / s.mean())[None, :], torch.ones(1, n, dtype=torch.bool))[0].float()
+        torch.testing.assert_close(w[i, :n], u)
     assert torch.equal(w[2], mask[2])
     check_weights(w, mask)
 
@@ -214,7 +221,7 @@ def test_sc_unshared_keeps_the_prefix_shared_with_an_opposite_sibling_uniform():
     kl = torch.tensor([[0.1, 0.2, 0.3, 4.0, 0.4]] * 4)
     b = CreditBatch(token_ids=ids, mask=torch.ones(4, 5), adv=adv, group_index=torch.zeros(4, dtype=torch.long),
                     teacher_kl=kl)
-    from learner.credit import shared_prefix_len
+    from learner.credit.variants import shared_prefix_len
     assert shared_prefix_len(ids, b.mask, adv, b.group_index).tolist() == [3, 3, 2, 0]
     w = REGISTRY["sc_unshared"](b, lam=1.0)
     check_weights(w, b.mask)

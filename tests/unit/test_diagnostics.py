@@ -1,4 +1,4 @@
-"""learner/diagnostics.py: AUROC / mass on hand-made cases, and char -> token mapping on arith."""
+"""learner/credit/diagnostics.py: AUROC / mass on hand-made cases, and char -> token mapping on arith."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from learner.diagnostics import (
+from learner.credit.diagnostics import (
     auroc,
     credit_diagnostics,
     first_error_auroc,
     first_error_mass,
     first_wrong_token_index,
     mass_after_error,
+    token_pieces,
+    weight_stats,
 )
 from learner.model import EOS_ID, build_tokenizer
 from verifiers.tasks import arith
@@ -90,3 +92,52 @@ def test_first_wrong_char_maps_to_the_token_on_arith():
             assert t == -1  # no token was ever emitted there
     assert first_wrong_token_index(["1", "", "2"], 1) == 1  # an empty special at the position
     assert first_wrong_token_index(["ab", "cd"], 3) == 1 and first_wrong_token_index(["a"], None) == -1
+
+
+def _byte_bpe():
+    """A byte-level BPE tokenizer trained here: multi-character digit tokens, and a
+    non-ASCII character that only exists as two byte tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(["12+34=46;46+56=102;#102", "7+85=92;92-19=73;#73"] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+
+
+def test_token_pieces_follow_the_tokenizer_offsets_not_characters():
+    tok = _byte_bpe()
+    text = "12+34=46;46+é=102;#102"
+    ids = tok(text)["input_ids"] + [tok.eos_token_id]
+    pieces = token_pieces(tok, ids)
+    assert "".join(pieces) == text and pieces[-1] == ""  # <eos> contributes no text
+    assert len(ids) < len(text) and any(len(p) > 1 for p in pieces)  # merged digit tokens
+    e_pos = text.index("é")
+    e_tok = first_wrong_token_index(pieces, e_pos)
+    # é is two byte tokens: the first (text "") is where the wrong choice began, the second completes it
+    assert pieces[e_tok] == "" and pieces[e_tok + 1] == "é" and pieces[e_tok - 1] == "+"
+    assert tok.decode(ids[:e_tok], skip_special_tokens=True) == text[:e_pos]
+    for c in range(len(text)):  # every character maps to the token whose span starts or holds it
+        t = first_wrong_token_index(pieces, c)
+        start = len("".join(pieces[:t]))
+        assert start <= c < start + len(pieces[t]) or (pieces[t] == "" and start == c)
+    assert first_wrong_token_index(pieces, len(text)) == len(ids) - 1  # stops early -> the <eos>
+
+
+def test_weight_stats_hand_values():
+    w = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.5, 1.5, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    adv = torch.tensor([1.0, -2.0, -1.0])
+    st = weight_stats(w, mask, adv)
+    vals = torch.tensor([1.0, 1.0, 2.0, 0.0, 0.5, 1.5, 1.0], dtype=torch.float64)
+    assert st["credit/w_max"] == 2.0
+    assert st["credit/w_std"] == pytest.approx(float(vals.std(unbiased=False)))
+    assert st["credit/w_sq_mean"] == pytest.approx(float((vals ** 2).mean()))
+    assert st["credit/neg_weight_kept"] == pytest.approx((2.0 + 0.0 + 0.5 + 1.5 + 1.0) / 5)
+    assert st["credit/neg_adv_total"] == pytest.approx((-4.0 - 0.5 - 1.5 - 1.0) / 7)
+    assert math.isnan(weight_stats(w, mask, torch.ones(3))["credit/neg_weight_kept"])
+

@@ -177,7 +177,7 @@ def test_load_weights_wrong_architecture_is_rejected_untouched(tmp_path, folder)
 def test_hidden_summaries_match_the_learners_forward_pass(folder):
     """hidden_k: the projected state captured while sampling equals the one the learner
     computes teacher-forced for the same tokens (learner/summaries.py), up to float16."""
-    from learner.summaries import hidden_summaries
+    from learner.credit.hidden import hidden_summaries
     from protocol.summaries import HIDDEN_K
 
     eng = HFEngine(folder, seed=3)

@@ -176,3 +176,31 @@ def test_pad_right():
     assert ids.dtype == torch.long and torch.equal(ids, torch.tensor([[4, 5], [6, 0]]))
     with pytest.raises(ValueError):
         pad_right([[1, 2, 3]], 2, 0)
+
+
+def test_matches_the_actor_at_temperature_and_top_p_0_7(tmp_path):
+    """The learner's log-probs are those of the distribution an HF actor sampled from at
+    temperature 0.7 and top_p 0.7 (DESIGN §5): the behaviour weight b = π_prox / μ is 1."""
+    from tiny import save_tiny, tiny_tokenizer
+
+    from actors.engines.hf import HFEngine
+    from learner.logprobs import nucleus_mask
+
+    folder = save_tiny(tmp_path / "m", seed=0)
+    eng = HFEngine(folder, seed=4)
+    tok = tiny_tokenizer()
+    prompts = ["1+2=", "12+34+56=", "99-3+4="]
+    out = eng.generate(prompts, 4, temperature=0.7, top_p=0.7, max_new_tokens=10)
+    p_ids = [tok(p)["input_ids"] for p in prompts for _ in range(4)]
+    samples = [s for group in out for s in group]
+    batch = build_batch(p_ids, [s.token_ids.tolist() for s in samples], pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        logp, mask, _ = token_logprobs(eng.model, batch, temperature=0.7, top_p=0.7)
+        plain, _, _ = token_logprobs(eng.model, batch, temperature=0.7)  # no nucleus: differs
+    behav = pad_right([s.logprobs for s in samples], logp.shape[1], 0.0)
+    assert (logp - behav).abs().max() < 1e-4
+    assert (plain - behav)[mask > 0].abs().max() > 1e-2  # truncation mattered on some token
+    # the sampled token is kept even when it lies outside the nucleus
+    lp = torch.log_softmax(torch.tensor([[2.0, 1.0, -3.0]]), -1)
+    assert nucleus_mask(lp, 0.5).tolist() == [[True, False, False]]
+    assert nucleus_mask(lp, 0.5, keep=torch.tensor([2])).tolist() == [[True, False, True]]

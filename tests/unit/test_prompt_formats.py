@@ -110,7 +110,7 @@ def test_a_prompt_over_the_limit_is_an_error_with_its_line_or_dropped_and_counte
 
 def test_the_teacher_pass_renders_in_the_runs_format(qwen):
     """teacher_scores' plain log-probs equal the trainer's on the chat-rendered prompt ids."""
-    from learner.teacher import teacher_scores
+    from learner.credit.teacher import teacher_scores
 
     tok = AutoTokenizer.from_pretrained(qwen)
     model = AutoModelForCausalLM.from_pretrained(qwen, dtype=torch.float32).eval()

@@ -1,4 +1,4 @@
-"""learner/solution_bank.py: never self-conditioned, bank fallback, bounds, wrong-sibling contexts."""
+"""learner/credit/contexts.py: never self-conditioned, bank fallback, bounds, wrong-sibling contexts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learner.solution_bank import SolutionBank, pick_contexts, pick_wrong_contexts
+from learner.credit.contexts import SolutionBank, pick_contexts, pick_wrong_contexts
 
 group = st.lists(st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from([0.0, 1.0])),
                  min_size=1, max_size=8)

@@ -1,4 +1,4 @@
-"""learner/teacher.py: chunked / top-K KL against brute force; batching and left-padding invariance."""
+"""learner/credit/teacher.py: chunked / top-K KL against brute force; batching and left-padding invariance."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from learner.logprobs import build_batch, token_logprobs
-from learner.teacher import DEFAULT_TEMPLATE, teacher_scores, token_kl
+from learner.credit.teacher import DEFAULT_TEMPLATE, teacher_scores, token_kl
 from tiny import tiny_tokenizer
 
 torch.set_num_threads(1)
@@ -138,3 +138,32 @@ def test_hand_two_token_kl():
     kl, lpy, lqy = token_kl(a, b, torch.tensor([1]))
     assert abs(float(kl) - (0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2))) < 1e-6
     assert abs(float(lpy) - math.log(0.5)) < 1e-6 and abs(float(lqy) - math.log(0.2)) < 1e-6
+
+
+def test_top_p_restricts_both_distributions_to_the_plain_nucleus():
+    # p = (0.6, 0.3, 0.1), q = (0.2, 0.2, 0.6); top_p 0.7 keeps p's nucleus {0, 1} (HF rule:
+    # ascending cumulative 0.1 <= 0.3 drops token 2); both renormalised there
+    p, q = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.2, 0.2, 0.6])
+    a, b = p.log()[None, :], q.log()[None, :]
+    kl, lpy, lqy = token_kl(a, b, torch.tensor([1]), top_p=0.7)
+    ps, qs = torch.tensor([2 / 3, 1 / 3]), torch.tensor([0.5, 0.5])
+    assert abs(float(kl) - float((ps * (ps / qs).log()).sum())) < 1e-6
+    assert abs(float(lpy) - math.log(1 / 3)) < 1e-6 and abs(float(lqy) - math.log(0.5)) < 1e-6
+    # a sampled token outside p's nucleus is kept (finite scores), as the learner's log-probs do
+    kl2, lpy2, _ = token_kl(a, b, torch.tensor([2]), top_p=0.7)
+    assert math.isfinite(float(kl2)) and abs(float(lpy2) - math.log(0.1)) < 1e-6
+    # temperature 0.7 and top_p 0.7 on a real teacher pass: equals the brute force on the nucleus
+    model = _model(1)
+    out = teacher_scores(model, TOK, PROMPTS[:2], COMPLETIONS[:2], CONTEXTS[:2], temperature=0.7, top_p=0.7)
+    for i in range(2):
+        lp_rows, lq_rows = [], []
+        for text in (PROMPTS[i], DEFAULT_TEMPLATE.format(c=CONTEXTS[i], prompt=PROMPTS[i])):
+            ids = TOK(text)["input_ids"]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids + COMPLETIONS[i]])).logits[0]
+            (lp_rows if text == PROMPTS[i] else lq_rows).append(logits[len(ids) - 1:len(ids) - 1 + len(COMPLETIONS[i])])
+        kl_ref, _, _ = token_kl(lp_rows[0], lq_rows[0], torch.tensor(COMPLETIONS[i]), temperature=0.7, top_p=0.7)
+        n = len(COMPLETIONS[i])
+        torch.testing.assert_close(out["kl"][i, :n], kl_ref, atol=2e-5, rtol=1e-4)
+        full, _, _ = token_kl(lp_rows[0], lq_rows[0], torch.tensor(COMPLETIONS[i]), temperature=0.7)
+        assert not torch.allclose(full, kl_ref)  # the nucleus changed the scores

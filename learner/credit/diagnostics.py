@@ -13,14 +13,24 @@ index of the first wrong token, -1 for a correct sample or an unknown position):
     (Mann–Whitney U with average ranks for ties): AUROC = (R_pos - n_pos(n_pos+1)/2) /
     (n_pos n_neg); a constant score gives 0.5, a perfect detector 1, an inverted one 0.
   * `credit_diagnostics`: the four numbers above as one metrics dict.
+  * `token_pieces(tokenizer, ids)`: the text each sampled token contributes to the
+    decoded completion, from the tokenizer's own offsets (incremental detokenisation),
+    so a verifier's character index maps to the right token for any tokenizer: a BPE
+    token covering several characters, a character split over several byte tokens, a
+    special token that decodes to "" (see `first_wrong_token_index`).
+  * `weight_stats(w, mask, adv)`: what the weights do to the step, logged every step:
+    max w, std w and Σ w² / n over valid tokens (how concentrated the credit is), and
+    the negative side: the share of the wrong samples' uniform token weight the credit
+    keeps (1 under GRPO; O/T/R cut it) and the total negative token advantage
+    Σ_{Â<0} Â / n that the token-mean loss sees.
 A wrong sample counts only if 0 <= e_i < n_i (its error token exists among the valid
 tokens); if none does, the functions return NaN.
 
 What it does NOT do: score answers (the verifier gives `first_wrong`), compute weights,
-or log. Token vs character: with the character tokenizer every text character is one
-token, but special tokens decode to "" (skip_special_tokens), and the completion ids end
-with <eos> when the model stopped; a completion that stops too early has its first wrong
-"character" at len(text), i.e. the <eos> token. `first_wrong_token_index` handles both.
+or log. Token vs character: never assumed equal. Special tokens decode to ""
+(skip_special_tokens), and the completion ids end with <eos> when the model stopped; a
+completion that stops too early has its first wrong "character" at len(text), i.e. the
+<eos> token. `first_wrong_token_index` handles both.
 """
 
 from __future__ import annotations
@@ -121,4 +131,51 @@ def credit_diagnostics(w: Tensor, mask: Tensor, first_wrong: Tensor, prefix: str
         prefix + "mass_after_error": mass_after_error(w, mask, first_wrong),
         prefix + "first_error_auroc": first_error_auroc(w, mask, first_wrong, upto_error=False),
         prefix + "first_error_auroc_upto": first_error_auroc(w, mask, first_wrong, upto_error=True),
+    }
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """pieces[t] = text[start_t:end_t] of token t in text = decode(ids, skip_special_tokens=True).
+
+    Fast path: every token decoded alone, when those pieces concatenate to the text (true
+    of character and most byte-fallback-free tokenizers). Otherwise the offsets of
+    incremental detokenisation: end_t = length of the common prefix of the text and
+    decode(ids[:t+1]) (a token that completes a multi-byte character gets it; one that
+    leaves it incomplete, whose prefix decode ends in U+FFFD, gets ""), start_t = end_{t-1}.
+    `first_wrong_token_index` then maps a wrong character split over byte tokens to its
+    first byte token: the token where the model's wrong choice began.
+    """
+    ids = [int(i) for i in ids]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    pieces = [tokenizer.decode([i], skip_special_tokens=True) for i in ids]
+    if "".join(pieces) == text:
+        return pieces
+    out, start = [], 0
+    for t in range(len(ids)):
+        end = max(start, _common_prefix(text, tokenizer.decode(ids[: t + 1], skip_special_tokens=True)))
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def weight_stats(w: Tensor, mask: Tensor, adv: Tensor, prefix: str = "credit/") -> dict[str, float]:
+    """Per-step weight statistics (module doc); w, mask [B, T], adv [B]. NaN where undefined."""
+    valid = mask > 0  # [B, T]
+    wd = w.detach().double()
+    wv = wd[valid]  # [N]
+    n = wv.numel()
+    neg = valid & (adv < 0).to(valid.device)[:, None]  # [B, T] tokens of wrong samples
+    a_tok = adv.double().to(wd.device)[:, None] * wd  # [B, T] Â
+    nan = float("nan")
+    return {
+        prefix + "w_max": float(wv.max()) if n else nan,
+        prefix + "w_std": float(wv.std(unbiased=False)) if n else nan,
+        prefix + "w_sq_mean": float((wv**2).mean()) if n else nan,
+        prefix + "neg_weight_kept": float(wd[neg].sum() / neg.sum()) if bool(neg.any()) else nan,
+        prefix + "neg_adv_total": float(a_tok[valid].clamp(max=0.0).sum() / n) if n else nan,
     }

@@ -20,7 +20,8 @@ Correct means reward >= `correct_threshold` (1.0 by default, the verifiers' bina
 reward); A_i ≠ 0 means reward_i differs from the group mean.
 
 What it does NOT do: verify anything (the caller adds only verified-correct texts),
-run the teacher pass, or persist itself to disk. Order of calls within a step does not
+run the teacher pass, or write files (`CreditStep.state_dict` carries `to_dict()` into
+the trainer's checkpoint, so a resumed run keeps its bank). Order of calls within a step does not
 matter for self-conditioning: the bank fallback also skips texts identical to i's.
 """
 

@@ -7,7 +7,12 @@ What it does:
     completion y. Per completion token t it returns
         kl_t       = KL(p_t || q_t) = Σ_v p_t(v) (log p_t(v) - log q_t(v))
         logp_plain = log p_t(y_t),   logq = log q_t(y_t)
-    with p_t = π(·|x, y_<t), q_t = π(·|ctx(x, c), y_<t), softmax(logits / temperature).
+    with p_t = π(·|x, y_<t), q_t = π(·|ctx(x, c), y_<t), softmax(logits / temperature)
+    at the actors' sampling temperature. With top_p < 1 both distributions are restricted
+    to p_t's top-p nucleus S_t (plus the sampled token) and renormalised there,
+        KL_t = Σ_{v∈S_t} p_S(v) (log p_S(v) - log q_S(v)),
+    the part of the vocabulary the actor could have drawn from; restricting q to its own
+    nucleus instead would make the KL infinite wherever the two nuclei differ.
     Optionally the same against a second ("wrong") context for `sc_contrast`, sharing the
     plain forward.
   * Rows are sorted by length and cut into micro-batches; sequences are left-padded with
@@ -23,8 +28,8 @@ What it does:
         likely tokens under p. This is the KL of the coarse-grained distributions, hence a
         lower bound of the full KL (log-sum inequality), exact when the tail is empty.
 
-What it does NOT do: pick the contexts (`learner/solution_bank.py`), turn scores into
-weights (`learner/credit.py`), or take gradients. Rows whose context is None (or whose
+What it does NOT do: pick the contexts (`contexts.py`), turn scores into weights
+(`variants.py`, `cuts.py`), or take gradients. Rows whose context is None (or whose
 completion is empty) get zeros and has_teacher False (empty completions: True but all
 masked). Output layout is the trainer's: [B, T] left-aligned, T = longest completion.
 """
@@ -36,11 +41,12 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from learner.bootstrap import REFERENCE_TEMPLATE
-from learner.logprobs import build_batch
+from learner.logprobs import build_batch, nucleus_mask, restrict
+from protocol.credit_methods import REFERENCE_TEMPLATE
 from protocol.tokens import pad_id
 
 DEFAULT_TEMPLATE = REFERENCE_TEMPLATE  # "Reference solution:\n{c}\n\n{prompt}", as in the SFT bootstrap
+NUCLEUS_CHUNK_ELEMS = 1 << 24  # rows * V float32 elements per chunk of the top-p path
 VOCAB_CHUNK = 32_768  # vocabulary columns per chunk in token_kl
 TOPK_VOCAB_THRESHOLD = 262_144  # V above this: top-K + tail bucket instead of the full sum
 DEFAULT_TOPK = 1024  # K of the top-K approximation
@@ -68,19 +74,24 @@ def token_kl(
     vocab_chunk: int = VOCAB_CHUNK,
     topk: int | None = None,
     topk_vocab_threshold: int = TOPK_VOCAB_THRESHOLD,
+    top_p: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(KL(p||q) [N], log p(y) [N], log q(y) [N]) in float32 from logits rows [N, V] and targets [N].
 
     Path chosen by V: direct (V <= vocab_chunk), chunked over the vocabulary, or top-K
-    plus tail (V > topk_vocab_threshold; K = topk or DEFAULT_TOPK). See the module doc.
+    plus tail (V > topk_vocab_threshold; K = topk or DEFAULT_TOPK); top_p < 1: both
+    restricted to p's nucleus, in row chunks (`_nucleus_kl`). See the module doc.
     """
     if logits_p.shape != logits_q.shape or logits_p.dim() != 2 or targets.shape != logits_p.shape[:1]:
         raise ValueError(f"need logits [N, V] twice and targets [N]; got {tuple(logits_p.shape)}, "
                          f"{tuple(logits_q.shape)}, {tuple(targets.shape)}")
-    if temperature <= 0 or vocab_chunk < 1:
-        raise ValueError(f"need temperature > 0 and vocab_chunk >= 1; got {temperature}, {vocab_chunk}")
+    if temperature <= 0 or vocab_chunk < 1 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"need temperature > 0, vocab_chunk >= 1, 0 < top_p <= 1; got {temperature}, "
+                         f"{vocab_chunk}, {top_p}")
     N, V = logits_p.shape
     tgt = targets.long()[:, None]  # [N, 1]
+    if top_p < 1.0:
+        return _nucleus_kl(logits_p, logits_q, targets.long(), temperature, top_p)
     if V <= vocab_chunk and V <= topk_vocab_threshold:
         lp = torch.log_softmax(logits_p.float() / temperature, dim=-1)  # [N, V]
         lq = torch.log_softmax(logits_q.float() / temperature, dim=-1)
@@ -106,6 +117,24 @@ def token_kl(
         lq = logits_q[:, lo:lo + vocab_chunk].float() / temperature - lse_q[:, None]
         kl += torch.where(lp > -torch.inf, lp.exp() * (lp - lq), 0.0).sum(dim=1)
     return kl, logp_y, logq_y
+
+
+def _nucleus_kl(logits_p: Tensor, logits_q: Tensor, targets: Tensor, temperature: float,
+                top_p: float) -> tuple[Tensor, Tensor, Tensor]:
+    """token_kl with p and q restricted to p's top-p nucleus (plus the target), row chunks of
+    NUCLEUS_CHUNK_ELEMS elements so the sort never holds more than that. [N, V] -> 3 x [N]."""
+    N, V = logits_p.shape
+    rows = max(1, NUCLEUS_CHUNK_ELEMS // max(1, V))
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    for lo in range(0, N, rows):
+        tgt = targets[lo:lo + rows]  # [n]
+        lp = torch.log_softmax(logits_p[lo:lo + rows].float() / temperature, dim=-1)  # [n, V]
+        keep = nucleus_mask(lp, top_p, tgt)  # [n, V] bool
+        lp = restrict(lp, keep)
+        lq = restrict(torch.log_softmax(logits_q[lo:lo + rows].float() / temperature, dim=-1), keep)
+        kl = torch.where(keep, lp.exp() * (lp - lq), 0.0).sum(dim=-1)  # [n]
+        parts.append((kl, lp.gather(1, tgt[:, None]).squeeze(1), lq.gather(1, tgt[:, None]).squeeze(1)))
+    return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
 
 
 def _completion_logits(model: torch.nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
@@ -139,6 +168,7 @@ def teacher_scores(
     template: str = DEFAULT_TEMPLATE,
     micro_batch: int = 16,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     vocab_chunk: int = VOCAB_CHUNK,
     topk: int | None = None,
     topk_vocab_threshold: int = TOPK_VOCAB_THRESHOLD,
@@ -208,7 +238,7 @@ def teacher_scores(
                     sub_t, Tq = torch.tensor(sub, device=device), v.shape[1]
                     kl, lpy, lqy = token_kl(lp_logits[sub_t, :Tq][v], lq_logits[v], tgt[sub_t, :Tq][v],
                                             temperature=temperature, vocab_chunk=vocab_chunk, topk=topk,
-                                            topk_vocab_threshold=topk_vocab_threshold)  # [N] each
+                                            topk_vocab_threshold=topk_vocab_threshold, top_p=top_p)  # [N] each
                     r = torch.tensor([mb[j] for j in sub], device=device)[:, None].expand_as(v)[v]  # [N]
                     c_idx = torch.arange(v.shape[1], device=device)[None, :].expand_as(v)[v]  # [N]
                     out["kl" + sfx][r, c_idx] = kl

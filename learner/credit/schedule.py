@@ -1,25 +1,30 @@
-"""λ schedule and reliability gate of the SCCA credit (DESIGN §6 step 6).
+"""λ schedules and the reliability gate of token credit (DESIGN §6 step 6).
 
 What it does:
-  * `LambdaSchedule.update(step, mean_s_incorrect, mean_s_correct) -> λ`:
-        ramp(step) = 0                                            step < warmup_steps
-                   = lam_max * min(1, (step - warmup_steps) / ramp_steps)   otherwise
-                     (ramp_steps = 0: lam_max right after the warm-up)
+  * `LambdaSchedule.update(step, mean_s_incorrect, mean_s_correct) -> λ`, with the
+    schedule `kind` a method's spec names (protocol/credit_methods.py):
+        off    λ = 0
+        ramp   0 for step < warmup_steps, then lam_max * min(1, (step - warmup_steps) / ramp_steps)
+               (ramp_steps = 0: lam_max right after the warm-up)
+        one    λ = 1
+        decay  decay_from * max(0, 1 - step / decay_steps)          (RLSD)
+    and, when `gated`, the reliability gate on top:
         ratio      = mean_s_incorrect / max(mean_s_correct, RATIO_EPS)
         ratio_ema  = ratio on the first observation, else ema * ratio_ema + (1 - ema) * ratio
         gate_open  = ratio_ema >= gate_ratio      (gate_ratio <= 0 disables the gate)
-        λ          = ramp(step) if gate_open else 0
+        λ          = schedule(step) if gate_open else 0
     The gate is not sticky: λ returns to 0 whenever the EMA falls below gate_ratio. A step
     without both kinds of scored samples (a mean is None or NaN) leaves the EMA as it is.
     `.lam`, `.gate_open`, `.ratio_ema`, `metrics()` expose the state for logging;
-    `state_dict` / `load_state_dict` are JSON-able for checkpoints.
+    `state_dict` / `load_state_dict` are JSON-able for checkpoints (the EMA is the only
+    state besides the step, which the trainer's checkpoint holds).
   * `score_means(s, mask, adv, has_teacher)`: the two means the gate reads, from one
     batch of teacher scores: mean over sequences of the per-sequence token mean of s,
     over samples with A < 0 (incorrect) and with A > 0 (correct) that have a teacher.
 
-What it does NOT do: compute the scores (`learner/teacher.py`) or the weights
-(`learner/credit.py`). The ramp clock is the training step, not the time the gate opened:
-a gate that opens late lets λ jump straight to its ramp value.
+What it does NOT do: compute the scores (`teacher.py`) or the weights (`variants.py`,
+`cuts.py`). The ramp clock is the training step, not the time the gate opened: a gate
+that opens late lets λ jump straight to its ramp value.
 """
 
 from __future__ import annotations
@@ -28,26 +33,57 @@ import math
 
 from torch import Tensor
 
+from protocol.credit_methods import SCHEDULES
+
 RATIO_EPS = 1e-8  # floor of mean s(correct) in the gate ratio
 
 
 class LambdaSchedule:
-    """λ = ramp(step) while the reliability gate is open, else 0 (module doc)."""
+    """λ = schedule(step) while the reliability gate is open (always, when not gated), else 0 (module doc)."""
 
     def __init__(self, lam_max: float = 0.5, warmup_steps: int = 0, ramp_steps: int = 0,
-                 gate_ratio: float = 1.2, ema: float = 0.9) -> None:
-        if not 0.0 <= lam_max <= 1.0:
-            raise ValueError(f"lam_max must lie in [0, 1]; got {lam_max}")
-        if warmup_steps < 0 or ramp_steps < 0:
-            raise ValueError(f"warmup_steps and ramp_steps must be >= 0; got {warmup_steps}, {ramp_steps}")
+                 gate_ratio: float = 1.2, ema: float = 0.9, *, kind: str = "ramp", gated: bool = True,
+                 decay_from: float = 0.5, decay_steps: int = 50) -> None:
+        if not 0.0 <= lam_max <= 1.0 or not 0.0 <= decay_from <= 1.0:
+            raise ValueError(f"lam_max and decay_from must lie in [0, 1]; got {lam_max}, {decay_from}")
+        if warmup_steps < 0 or ramp_steps < 0 or decay_steps < 1:
+            raise ValueError(f"need warmup_steps, ramp_steps >= 0 and decay_steps >= 1; "
+                             f"got {warmup_steps}, {ramp_steps}, {decay_steps}")
         if not 0.0 <= ema < 1.0:
             raise ValueError(f"ema must lie in [0, 1); got {ema}")
+        if kind not in SCHEDULES:
+            raise ValueError(f"schedule kind must be one of {SCHEDULES}; got {kind!r}")
         self.lam_max, self.warmup_steps, self.ramp_steps = lam_max, warmup_steps, ramp_steps
-        self.gate_ratio, self.ema = gate_ratio, ema
+        self.kind, self.decay_from, self.decay_steps = kind, decay_from, decay_steps
+        self.gate_ratio, self.ema = (gate_ratio if gated else 0.0), ema
         self.ratio_ema: float | None = None
         self.lam = 0.0
 
+    @classmethod
+    def for_method(cls, spec, cfg) -> "LambdaSchedule":
+        """The schedule a method's spec (CreditMethod) names, with the [credit] config's numbers."""
+        return cls(lam_max=cfg.lam_max, warmup_steps=cfg.warmup_steps, ramp_steps=cfg.ramp_steps,
+                   gate_ratio=cfg.gate_ratio, kind=spec.schedule, gated=spec.gated,
+                   decay_from=cfg.decay_from, decay_steps=cfg.decay_steps)
+
+    def base(self, step: int) -> float:
+        """λ of the schedule alone (no gate) at `step`."""
+        return getattr(self, "_" + self.kind)(step)
+
+    def _off(self, step: int) -> float:
+        return 0.0
+
+    def _one(self, step: int) -> float:
+        return 1.0
+
+    def _decay(self, step: int) -> float:
+        return self.decay_from * max(0.0, 1.0 - step / self.decay_steps)
+
+    def _ramp(self, step: int) -> float:
+        return self.ramp(step)
+
     def ramp(self, step: int) -> float:
+        """The warm-up ramp: 0 before warmup_steps, then linear to lam_max over ramp_steps."""
         if step < self.warmup_steps:
             return 0.0
         if self.ramp_steps == 0:
@@ -66,7 +102,7 @@ class LambdaSchedule:
         if ok:
             ratio = float(mean_s_incorrect) / max(float(mean_s_correct), RATIO_EPS)
             self.ratio_ema = ratio if self.ratio_ema is None else self.ema * self.ratio_ema + (1 - self.ema) * ratio
-        self.lam = self.ramp(step) if self.gate_open else 0.0
+        self.lam = self.base(step) if self.gate_open else 0.0
         return self.lam
 
     def metrics(self) -> dict[str, float]:
