@@ -283,37 +283,8 @@ def _add_service_parsers(sub) -> None:
             s.add_argument("--workers", type=int, default=1, help="scorer worker processes")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bootstrap", help="build and warm-start the tiny default model")
-    b.add_argument("--seed", type=int, default=0, help="seed of the model and its training data")
-    b.add_argument("--task", default="arith", help="procedural task to warm-start on (arith, countdown)")
-    b.add_argument("--out", help="default: .cache/scca/bootstrap-s0 (arith), .cache/scca/bootstrap-TASK-sSEED")
-    b.add_argument("--terms", type=int, help="arith: terms per problem (default 3)")
-    b.add_argument("--digits", type=int, help="arith: digits per term (default 2)")
-    b.add_argument("--reference-fraction", type=float, default=0.2,
-                   help="share of each SFT batch with the problem's own solution in context (default 0.2)")
-    b.add_argument("--reference-target", type=float, default=0.0,
-                   help="stop only once greedy accuracy with the solution in context reaches this (default 0: no bar)")
-    b.add_argument("--max-steps", type=int, default=2000, help="SFT step limit (default 2000)")
-    r = sub.add_parser("run", help="run every service on this machine",
-                       description="Start the learner, actors and verifiers of one run on this machine, show "
-                       "progress (a live table on a terminal, plain lines otherwise) and stop them all at the end. "
-                       "Ctrl-C checkpoints the current step; `scca run --resume RUN_DIR` continues from it.")
-    r.add_argument("config", nargs="?", help="TOML config (default: deploy/default.toml)")
-    r.add_argument("--out", help="new, empty run folder (default: runs/DATE-TIME); refused if it holds anything")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint, "
-                   "with its own config.json")
-    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
-    _add_service_parsers(sub)
-    c = sub.add_parser("compare", help="credit variants x seeds: results.csv, results.md, accuracy.png")
-    c.add_argument("config", nargs="?", help="TOML config (default: deploy/default.toml)")
-    c.add_argument("--methods", default="grpo,sc_kl,shuffled", help="comma list; grpo = uniform credit")
-    c.add_argument("--seeds", type=int, default=3, help="seeds per method")
-    c.add_argument("--out", required=True, help="folder of the comparison (one run folder per method and seed)")
-    c.add_argument("--target", type=float, help="accuracy for samples_to_target (default: start + 0.10)")
-    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+def _add_tool_parsers(sub) -> None:
+    """`scca data`, `scca make-model`, `scca doctor`."""
     d = sub.add_parser("data", help="write procedural prompts as JSONL, or convert your file")
     d.add_argument("task", help="task (arith, countdown, math, code)")
     d.add_argument("--n", type=int, default=1000, help="rows to write")
@@ -348,6 +319,40 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("config", nargs="?", help="TOML config to check (default: deploy/default.toml)")
     dr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
     dr.add_argument("--out", help="run folder the run would write (for the disk-space check; default: runs/)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scca", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bootstrap", help="build and warm-start the tiny default model")
+    b.add_argument("--seed", type=int, default=0, help="seed of the model and its training data")
+    b.add_argument("--task", default="arith", help="procedural task to warm-start on (arith, countdown)")
+    b.add_argument("--out", help="default: .cache/scca/bootstrap-s0 (arith), .cache/scca/bootstrap-TASK-sSEED")
+    b.add_argument("--terms", type=int, help="arith: terms per problem (default 3)")
+    b.add_argument("--digits", type=int, help="arith: digits per term (default 2)")
+    b.add_argument("--reference-fraction", type=float, default=0.2,
+                   help="share of each SFT batch with the problem's own solution in context (default 0.2)")
+    b.add_argument("--reference-target", type=float, default=0.0,
+                   help="stop only once greedy accuracy with the solution in context reaches this (default 0: no bar)")
+    b.add_argument("--max-steps", type=int, default=2000, help="SFT step limit (default 2000)")
+    r = sub.add_parser("run", help="run every service on this machine",
+                       description="Start the learner, actors and verifiers of one run on this machine, show "
+                       "progress (a live table on a terminal, plain lines otherwise) and stop them all at the end. "
+                       "Ctrl-C checkpoints the current step; `scca run --resume RUN_DIR` continues from it.")
+    r.add_argument("config", nargs="?", help="TOML config (default: deploy/default.toml)")
+    r.add_argument("--out", help="new, empty run folder (default: runs/DATE-TIME); refused if it holds anything")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint, "
+                   "with its own config.json")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+    _add_service_parsers(sub)
+    c = sub.add_parser("compare", help="credit variants x seeds: results.csv, results.md, accuracy.png")
+    c.add_argument("config", nargs="?", help="TOML config (default: deploy/default.toml)")
+    c.add_argument("--methods", default="grpo,sc_kl,shuffled", help="comma list; grpo = uniform credit")
+    c.add_argument("--seeds", type=int, default=3, help="seeds per method")
+    c.add_argument("--out", required=True, help="folder of the comparison (one run folder per method and seed)")
+    c.add_argument("--target", type=float, help="accuracy for samples_to_target (default: start + 0.10)")
+    c.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+    _add_tool_parsers(sub)
     return p
 
 
