@@ -81,6 +81,10 @@ class _Connection:
     def executescript(self, sql: str) -> None:
         self.conn.executescript(sql)
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
     def close(self) -> None:
         self.conn.close()
 

@@ -104,7 +104,7 @@ def test_load_code_jsonl(tmp_path):
     write_jsonl([{"prompt": "a", "tests": [{"call": "f", "args": [1], "expect": 1.5}], "rel_tol": 0.01}], p)
     assert C.load(p)[0]["meta"]["rel_tol"] == 0.01
     write_jsonl([{"prompt": "a", "tests": [{"stdin": "1"}]}], p)
-    with pytest.raises(JsonlError, match="row 1: tests do not parse"):
+    with pytest.raises(JsonlError, match="c.jsonl:1: tests do not parse"):
         C.load(p)
 
 
