@@ -196,7 +196,7 @@ def test_tokens_per_second_vs_hf(world):
 @pytest.fixture(scope="module")
 def vllm_run(bootstrap_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("vllm-run") / "run"
-    overrides = sets(learner={"max_steps": RUN_STEPS, "eval_every": 0, "lr": 3e-4, "checkpoint_every": 10},
+    overrides = sets(learner={"max_steps": RUN_STEPS, "eval_every": 0, "lr": 1e-4, "checkpoint_every": 10},  # as the pipeline test
                      task={"train_size": 5000, "heldout_size": 200},
                      model={"bootstrap_dir": str(bootstrap_dir)},
                      actor={"engine": "vllm", "count": 1, "slots": 4})
