@@ -125,7 +125,7 @@ class LearnerConfig(_Section):
     screen_samples: int = Field(
         4, ge=0, le=255,
         description="SPEED screening: draw this many samples of a prompt first and the rest of the group only if "
-        "their rewards differ (else the prompt is dropped as `screened`); 0 = off, else < actor.group_size. "
+        "their rewards differ (else the prompt is dropped as `screened`); 0, or >= actor.group_size, = off. "
         "Only with loss.drop_no_signal (a run that trains groups without signal screens nothing).",
     )
     threads: int = Field(1, ge=1, le=256, description="torch threads of the learner process.")
@@ -327,9 +327,6 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> "RunConfig":
-        screen, g = self.learner.screen_samples, self.actor.group_size
-        if screen and screen >= g:
-            raise ValueError(f"learner.screen_samples ({screen}) must be 0 (off) or below actor.group_size ({g})")
         rank, world = self.actor.broadcast_rank, self.learner.broadcast_world_size
         if rank and (rank >= world or self.actor.engine != "hf"):
             raise ValueError(f"actor.broadcast_rank ({rank}) needs the hf engine and learner.broadcast_world_size > {rank}")
@@ -358,7 +355,7 @@ def parse_config(data: dict, source: str | None = None, text: str | None = None,
         problems = []
         for err in exc.errors():
             loc = [str(p) for p in err["loc"]]
-            where = ".".join(loc)
+            where = ".".join(loc) or "config"  # a rule across sections has no location
             what = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
             problems.append(f"{_origin(loc, source, text, overrides)}[{where}] {what}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
@@ -370,7 +367,7 @@ def _origin(loc: list[str], source: str | None, text: str | None, overrides: dic
         return f"--set {loc[0]}.{loc[1]}: "
     if source is None:
         return ""
-    line = key_line(text, loc) if text is not None else None
+    line = key_line(text, loc) if text is not None and loc else None
     return f"{source}:{line}: " if line else f"{source}: "
 
 

@@ -107,3 +107,12 @@ def no_processes_with(marker: str) -> bool:
             except OSError:
                 continue
     return True
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The numbers each fault test measured (test_faults.REPORT), in the summary even under -q."""
+    reports = [m.REPORT for name, m in sys.modules.items() if name.endswith("test_faults") and getattr(m, "REPORT", None)]
+    for report in reports:
+        terminalreporter.section("fault injection: measured numbers")
+        for fault, numbers in sorted(report.items()):
+            terminalreporter.write_line(f"FAULT {fault}: {json.dumps(numbers, sort_keys=True)}")

@@ -55,11 +55,18 @@ def test_every_field_is_documented_and_bounded_where_numeric():
 
 
 def test_cross_section_rules_name_both_keys():
-    with pytest.raises(ConfigError, match=r"learner.screen_samples \(8\) must be 0 \(off\) or below actor.group_size \(8\)"):
-        parse_config({"learner": {"screen_samples": 8}})
+    # screening samples >= the group size: screening is off (a group_size-4 config needs no second key)
+    assert parse_config({"actor": {"group_size": 4}}).learner.screen_samples == 4
     with pytest.raises(ConfigError, match=r"loss.max_lag \(1\) must be >= learner.publish_every - 1 \(2\)"):
         parse_config({"learner": {"publish_every": 3}})
     assert parse_config({"learner": {"publish_every": 3}, "loss": {"max_lag": 2}}).learner.publish_every == 3
     with pytest.raises(ConfigError, match=r"actor.broadcast_rank \(2\) needs the hf engine and learner.broadcast_world_size > 2"):
         parse_config({"actor": {"broadcast_rank": 2}, "learner": {"broadcast_world_size": 2}})
     assert parse_config({"actor": {"broadcast_rank": 1}, "learner": {"broadcast_world_size": 2}}).actor.broadcast_rank == 1
+
+
+def test_a_cross_section_error_in_a_file_names_the_file(tmp_path):
+    p = tmp_path / "run.toml"
+    p.write_text("[learner]\npublish_every = 3\n")
+    with pytest.raises(ConfigError, match=rf"{p}: \[config\] .*loss.max_lag \(1\) must be >= learner.publish_every - 1"):
+        load_config(p)
