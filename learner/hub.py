@@ -106,6 +106,9 @@ class Hub:
         random.Random(cfg.learner.seed).shuffle(self.order)
         self.heldout = heldout_rows
         self.to_trainer = to_trainer  # queue.Queue[Group]
+        # a screen dropped without signal never reaches the trainer's inbox: shown to the stall
+        # monitor this way (learner/stall.py WatchedInbox), so an all-zero run still stalls
+        self.observe_dropped = getattr(to_trainer, "observe_dropped", lambda group: None)
         self.run_id = run_id
         self.ep = RouterEndpoint(cfg.hub.bind)
         self.peers: dict[bytes, Peer] = {}
@@ -313,6 +316,7 @@ class Hub:
             self.to_trainer.put(merged)
         elif action == "drop":
             self.ledger.drop(group.item_id, "screened")
+            self.observe_dropped(group)
         else:
             self.retry.appendleft(group.item_id)
 

@@ -158,5 +158,9 @@ class WatchedInbox(queue.Queue):
         self.monitor, self.version, self.max_lag = monitor, version, max_lag
 
     def put(self, group, block: bool = True, timeout: float | None = None) -> None:
-        self.monitor.observe_group(group.rewards, stale=self.version() - group.weights_version > self.max_lag)
+        self.observe_dropped(group)
         super().put(group, block, timeout)
+
+    def observe_dropped(self, group) -> None:
+        """Show a scored group to the monitor (also one the hub dropped itself: a screen without signal)."""
+        self.monitor.observe_group(group.rewards, stale=self.version() - group.weights_version > self.max_lag)

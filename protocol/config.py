@@ -90,7 +90,8 @@ class TaskConfig(_Section):
 
     @model_validator(mode="after")
     def _arith_keys(self) -> "TaskConfig":
-        given = {"terms", "digits"} & self.model_fields_set
+        fields = type(self).model_fields
+        given = {k for k in ("terms", "digits") if getattr(self, k) != fields[k].default}  # a resolved config.json names every key
         if given and self.name != "arith":
             raise ValueError(f"{', '.join(sorted(given))} apply to task 'arith' only, not {self.name!r}")
         return self

@@ -57,7 +57,7 @@ def _steps_after(run_dir: Path, t: float, n: int, proc, timeout: float = 300) ->
 
 
 # ======================================================================== run A: scca run
-STEPS_A = 36
+STEPS_A = 240  # the faults take ~60-100 s; the steps must outlast them on a fast machine too (36 took 26 s here)
 HUB_A = {"heartbeat_s": 0.5, "peer_timeout_s": 4.0, "work_lease_s": 6.0, "verify_lease_s": 8.0}
 ACTOR_STOP_S = 9.0  # > work_lease_s: the actor comes back after its lease ran out
 

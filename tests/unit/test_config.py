@@ -70,3 +70,14 @@ def test_a_cross_section_error_in_a_file_names_the_file(tmp_path):
     p.write_text("[learner]\npublish_every = 3\n")
     with pytest.raises(ConfigError, match=rf"{p}: \[config\] .*loss.max_lag \(1\) must be >= learner.publish_every - 1"):
         load_config(p)
+
+
+def test_a_resolved_config_of_any_task_loads_again():
+    """config.json names every key (arith's terms/digits too): the learner must accept it for any task."""
+    import json
+
+    for task in ("arith", "countdown", "math", "code"):
+        cfg = parse_config({"task": {"name": task}})
+        assert parse_config(json.loads(cfg.resolved_json())).task.name == task
+    with pytest.raises(ConfigError, match="terms apply to task 'arith' only"):
+        parse_config({"task": {"name": "countdown", "terms": 10}})
