@@ -41,7 +41,9 @@ def progress_fields(state: dict, last_row: dict | None, max_steps: int, heldout:
         "samples_per_s": row.get("samples_per_s"), "reward": row.get("reward_mean"),
         "heldout": [float(h) for h in heldout[-3:]],
         "lag": sum(lags) / len(lags) if lags else None,
-        "dropped_no_signal": int(dropped.get("no_signal", 0)), "dropped_stale": int(dropped.get("stale", 0)),
+        # no signal: whole groups with equal rewards, and SPEED screens whose first samples agreed
+        "dropped_no_signal": int(dropped.get("no_signal", 0)) + int(dropped.get("screened", 0)),
+        "dropped_stale": int(dropped.get("stale", 0)),
         "actors": peers[0], "verifiers": peers[1],
         "elapsed_s": float(state.get("wall_before", 0.0)) + session_s, "eta_s": eta, "status": status,
     }
