@@ -38,6 +38,7 @@ import dataclasses
 import logging
 import math
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,10 @@ CANARY_TOL = 1e-3  # |canary logprob difference| above this quarantines an actor
 EVAL_CHUNK = 50  # held-out samples per eval work message (prompts x eval_samples)
 HOUSEKEEPING_S = 0.5  # period of the lease / liveness sweep
 ERROR_REPLY_S = 1.0  # at most one error reply per peer identity this often
+# An actor that refuses the newest snapshot (a checksum mismatch on disk) gets it written again,
+# at most this often: actors holding older weights would otherwise generate only stale groups
+# and the learner, which publishes only after a step, would never step again.
+REPUBLISH_MIN_S = 10.0
 MAX_PEERS = 4096  # registered peers; a hello beyond this is refused as unwanted
 ROLE_KINDS = {"actor": {"work_request", "rollout_group", "weights_loaded", "weights_fetch", "error"},
               "verifier": {"work_request", "verdicts", "error"}}  # what each role may send after hello
@@ -126,6 +131,8 @@ class Hub:
         self.sync_events: list[dict] = []  # every weights_loaded, checked (written to weights_sync.jsonl)
         self.digest_bad = 0
         self.weights_refused = 0  # bad_weights errors: an actor refused a snapshot (checksum)
+        self.republish = threading.Event()  # set here, read by the trainer: write the newest snapshot again
+        self._republished_at = -math.inf
         self.unwanted: collections.Counter[str] = collections.Counter()  # reason -> valid but unwanted messages
         self._replied: dict[bytes, float] = {}  # identity -> last error reply (rate limit)
         self.samples_generated = 0  # training samples received (first copies), kept or not
@@ -189,6 +196,10 @@ class Hub:
         M.PEER_ERRORS.inc()
         if msg["code"] == "bad_weights":
             self.weights_refused += 1
+            newest = self.weights is not None and Path(self.weights["folder"]).name in msg["message"]
+            if newest and time.monotonic() - self._republished_at >= REPUBLISH_MIN_S:
+                self._republished_at = time.monotonic()
+                self.republish.set()
 
     async def _on_work_request(self, peer: Peer, msg: dict) -> None:
         peer.credit = peer.max_credit = msg["slots"]

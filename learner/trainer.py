@@ -222,6 +222,10 @@ class Trainer(threading.Thread):
         while len(groups) < n:
             if self.stop_event.is_set():
                 raise Stopped
+            if self.hub.republish.is_set():  # an actor refused the newest snapshot (learner/hub.py)
+                self.hub.republish.clear()
+                log.warning("an actor refused the newest snapshot: publishing v%d again", self.state["version"])
+                self.publish()
             try:
                 g = self.inbox.get(timeout=COLLECT_POLL_S)
             except queue.Empty:
