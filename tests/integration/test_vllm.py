@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 LOGPROB_TOL = 1e-4  # max |vLLM behaviour logprob - learner teacher-forced logprob| (nats)
 PERTURB_STD = 0.05  # noise added to every parameter between published versions
 PROMPTS = [f"{a}+{b}=" for a, b in ((12, 34), (5, 67), (80, 9), (41, 41), (3, 3), (77, 18), (25, 50), (9, 90))]
-RUN_STEPS = 40  # as the HF pipeline test: 20 steps are too few to see the reward rise through the noise
+RUN_STEPS = 60  # 40 at lr 1e-4 from the lr-1e-3 bootstrap: reward 0.341 -> 0.391 but held-out only +0.025
 RUN_TIMEOUT_S = 1500
 
 
@@ -196,7 +196,8 @@ def test_tokens_per_second_vs_hf(world):
 @pytest.fixture(scope="module")
 def vllm_run(bootstrap_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("vllm-run") / "run"
-    overrides = sets(learner={"max_steps": RUN_STEPS, "eval_every": 0, "lr": 1e-4, "checkpoint_every": 10},  # as the pipeline test
+    overrides = sets(learner={"max_steps": RUN_STEPS, "eval_every": 0, "lr": 1e-4, "checkpoint_every": 10,
+                              "eval_samples": 4},  # held-out: mean of 4 samples a prompt (steadier than greedy)
                      task={"train_size": 5000, "heldout_size": 200},
                      model={"bootstrap_dir": str(bootstrap_dir)},
                      actor={"engine": "vllm", "count": 1, "slots": 4})
@@ -221,8 +222,9 @@ def test_a_vllm_actor_trains_with_the_learner(vllm_run):
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
     print(f"\nvLLM actor run: reward first 10 steps {first:.3f}, last 10 steps {last:.3f}; "
           f"held-out {summary['heldout_accuracy_before']} -> {summary['heldout_accuracy_after']}")
-    # Thresholds from three measured runs (reward +0.047/+0.082/+0.064, held-out
-    # +0.13/+0.09/+0.075 over 40 steps): the sampled reward is noisy (128 samples a step).
+    # Thresholds from measured runs (old bootstrap, lr 3e-4, 40 steps: reward +0.047/+0.082/+0.064,
+    # held-out +0.13/+0.09/+0.075; lr-1e-3 bootstrap, lr 1e-4, 40 steps: reward +0.050, greedy
+    # held-out +0.025): the sampled reward is noisy (128 samples a step).
     assert last >= first + 0.02, f"reward did not rise: {first:.3f} -> {last:.3f}"
     assert summary["heldout_accuracy_after"] >= summary["heldout_accuracy_before"] + 0.03
     events = [e for e in read_jsonl(vllm_run["dir"] / "weights_sync.jsonl") if e["peer"].startswith("actor-")]
