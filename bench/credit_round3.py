@@ -210,7 +210,7 @@ def main() -> None:
     md += ["## Teacher checks before RL", ""]
     for path in args.checks:
         md += checks_table(json.loads(path.read_text()))
-    md += ["## Results (final accuracy = mean of the last 3 held-out evaluations, greedy, 500 problems)", ""]
+    md += ["## Results (final accuracy = mean of the last 3 held-out evaluations, greedy, on the `[task] heldout_size` problems of the runs' config)", ""]
     for t in sorted(settings, reverse=True):
         md += setting_tables(t, settings[t], rng)
     if args.commands:
