@@ -281,6 +281,15 @@ def _main_namespace():
     return mod.__dict__
 
 
+def _flush_std():
+    """Flush the program's stdout/stderr before os._exit (a closed or broken stream is ignored)."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+
+
 def _run_program(code):
     """Behave like `python -c code` (atexit hooks, non-daemon threads); never returns."""
     g = _main_namespace()
@@ -295,11 +304,7 @@ def _run_program(code):
         status = _exit_status(e)
     import atexit
     atexit._run_exitfuncs()
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except (OSError, ValueError):
-            pass
+    _flush_std()
     os._exit(status)
 
 
@@ -367,11 +372,7 @@ def work(job_fd, result_fd):
         out.write(json.dumps(r) + "\n")
         if status is not None:
             out.flush()
-            for f in (sys.stdout, sys.stderr):
-                try:
-                    f.flush()
-                except (OSError, ValueError):
-                    pass
+            _flush_std()
             os._exit(status)
 
     if kind == "io":
