@@ -1,7 +1,9 @@
 """The trainer thread: scored groups -> credit -> off-policy GRPO loss -> AdamW step -> weights (DESIGN §5).
 
 What it does, once per step, each phase a named, timed call:
-  collect (prompts_per_step scored groups from the hub) -> drop_stale (lag > max_lag)
+  collect (prompts_per_step scored groups with signal and lag <= max_lag from the hub; a
+  group without signal or too stale is dropped as it arrives, so every step trains a full
+  batch, as the one-process loop of bench/pipeline.py does)
   -> forward_backward (advantages, credit weights, token-mean loss over micro-batches)
   -> optimizer step -> publish (safetensors snapshot in the start folder's dtype, digest +
   canary of those rounded values to the hub)
@@ -70,6 +72,7 @@ class Trainer(threading.Thread):
             self.credit.load_state_dict(state["credit"])
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
         self.publisher = publisher or SnapshotPublisher(cfg.learner.keep_snapshots)
+        self.stale_in_step = 0  # groups dropped as stale while the current step collected
         self.last_row: dict | None = None  # the last metrics row (progress lines read it)
         self.on_row = None  # called on the hub's loop with every metrics row (the watch's progress line)
         self.t_start = time.perf_counter()
@@ -139,12 +142,8 @@ class Trainer(threading.Thread):
     def step(self, t_start: float) -> None:
         times = {}
         t = t_step = time.perf_counter()
-        groups = self.collect(self.cfg.learner.prompts_per_step)
+        fresh = self.collect(self.cfg.learner.prompts_per_step)
         times["collect"] = time.perf_counter() - t
-        fresh, stale = self.drop_stale(groups)
-        if not fresh:
-            self.call_hub(self._mark([], stale), interruptible=False)
-            return
         t = time.perf_counter()
         stats = self.forward_backward(fresh)
         times["forward_backward"] = time.perf_counter() - t
@@ -155,8 +154,8 @@ class Trainer(threading.Thread):
         if self.publish_due():
             self.publish()
         times["publish"] = time.perf_counter() - t
-        self.call_hub(self._mark([g.item_id for g in fresh], stale), interruptible=False)
-        row = self.step_row(fresh, stale, stats, times, t_start)
+        self.call_hub(self._mark([g.item_id for g in fresh], []), interruptible=False)
+        row = self.step_row(fresh, stats, times, t_start)
         M.observe_step(row)
         try:
             self.after_step(row)
@@ -168,10 +167,11 @@ class Trainer(threading.Thread):
         row["eval_seconds"] = self.state["eval_seconds"]  # all evaluations so far (wall minus this = training wall)
         self.log_row(row)
 
-    def step_row(self, fresh: list, stale: list, stats: dict, times: dict, t_start: float) -> dict:
+    def step_row(self, fresh: list, stats: dict, times: dict, t_start: float) -> dict:
         row = {
             "step": self.state["step"], "version": self.state["version"],
-            "samples_trained": self.state["samples_trained"], "groups": len(fresh), "dropped_stale": len(stale),
+            "samples_trained": self.state["samples_trained"], "groups": len(fresh),
+            "dropped_stale": self.stale_in_step,  # groups past max_lag dropped while this step collected
             "samples_generated": self.hub.samples_generated,  # this learner process's count (not kept across resume)
             "dropped_no_signal_total": self.state.get("dropped_no_signal", 0),
             "reward_mean": float(np.mean(self.seen_rewards)),  # all verified samples, incl. dropped groups
@@ -209,17 +209,38 @@ class Trainer(threading.Thread):
         evaluation (it runs on the actors) and at the end of the budget."""
         return self.state["step"] % self.cfg.learner.publish_every == 0 or self.eval_due() or self.budget_reached()
 
-    async def _mark(self, item_ids: list[str], stale: list[tuple[str, str]]) -> None:
-        self.hub.mark_trained(item_ids, stale, self.state["version"])
+    async def _mark(self, item_ids: list[str], dropped: list[tuple[str, str]]) -> None:
+        self.hub.mark_trained(item_ids, dropped, self.state["version"])
         await self.hub.pump()  # dropped or trained rows free the dispatch window
 
     def collect(self, n: int) -> list:
-        """n scored groups from the hub. With `drop_no_signal` (DAPO dynamic sampling) a group
-        whose rewards are all equal has zero advantage everywhere: it is dropped at once
-        (reason `no_signal`) so it neither dilutes the token mean nor holds the hub's window."""
+        """n scored groups from the hub that can teach this step. With `drop_no_signal` (DAPO
+        dynamic sampling) a group whose rewards are all equal has zero advantage everywhere: it
+        is dropped at once (reason `no_signal`) so it neither dilutes the token mean nor holds
+        the hub's window. A group generated more than `max_lag` versions ago is dropped at once
+        too (reason `stale`): the step waits for a fresh one instead of training fewer groups.
+        The version does not change while the trainer collects, so "fresh on arrival" is
+        "fresh when trained"."""
         groups = []
         self.seen_rewards: list[float] = []  # every verified sample of this step, kept or dropped
+        self.stale_in_step = 0
         while len(groups) < n:
+            g = self.next_group()
+            self.seen_rewards.extend(g.rewards)
+            reason = self.drop_reason(g)
+            if reason is None:
+                groups.append(g)
+                continue
+            if reason == "no_signal":
+                self.state["dropped_no_signal"] = self.state.get("dropped_no_signal", 0) + 1
+            else:
+                self.stale_in_step += 1
+            self.call_hub(self._mark([], [(g.item_id, reason)]), interruptible=False)
+        return groups
+
+    def next_group(self):
+        """The next scored group from the hub; republishes a refused snapshot while it waits."""
+        while True:
             if self.stop_event.is_set():
                 raise Stopped
             if self.hub.republish.is_set():  # an actor refused the newest snapshot (learner/hub.py)
@@ -227,25 +248,17 @@ class Trainer(threading.Thread):
                 log.warning("an actor refused the newest snapshot: publishing v%d again", self.state["version"])
                 self.publish()
             try:
-                g = self.inbox.get(timeout=COLLECT_POLL_S)
+                return self.inbox.get(timeout=COLLECT_POLL_S)
             except queue.Empty:
                 continue
-            self.seen_rewards.extend(g.rewards)
-            if self.cfg.loss.drop_no_signal and len(set(g.rewards)) == 1:
-                self.state["dropped_no_signal"] = self.state.get("dropped_no_signal", 0) + 1
-                self.call_hub(self._mark([], [(g.item_id, "no_signal")]), interruptible=False)
-                continue
-            groups.append(g)
-        return groups
 
-    def drop_stale(self, groups: list) -> tuple[list, list[tuple[str, str]]]:
-        fresh, stale = [], []
-        for g in groups:
-            if fresh_enough(self.state["version"], g, self.cfg.loss.max_lag):
-                fresh.append(g)
-            else:
-                stale.append((g.item_id, "stale"))
-        return fresh, stale
+    def drop_reason(self, g) -> str | None:
+        """Why group g cannot train this step (`no_signal`, `stale`), or None."""
+        if self.cfg.loss.drop_no_signal and len(set(g.rewards)) == 1:
+            return "no_signal"
+        if not fresh_enough(self.state["version"], g, self.cfg.loss.max_lag):
+            return "stale"
+        return None
 
     def forward_backward(self, groups: list) -> dict:
         """Advantages -> credit weights -> token-mean loss over length-bucketed micro-batches

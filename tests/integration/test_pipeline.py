@@ -2,7 +2,7 @@
 
 One short run (module fixture) is probed while it trains — garbage frames, a bad field,
 an actor that lies about its weights, /metrics of every process — and checked after it
-ends: reward rose, every real actor's digest matched, the ledger balances, no process is
+ends: held-out accuracy rose, every real actor's digest matched, the ledger balances, no process is
 left behind."""
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ STEPS = 40
 # last-10 0.194; at 2e-4 0.100 -> 0.154); at 3e-4 it dips first (CI: 0.070 -> 0.090).
 LR = 1e-4
 RUN_TIMEOUT_S = 1200
+# Held-out: the mean of EVAL_K samples a prompt on the same 200 prompts before and after, a
+# paired measure (same prompts, 1,600 samples each; the "before" value of three runs of one
+# model: 0.124, 0.118, 0.119). Measured on 40-step runs: 0.124 -> 0.163 and 0.118 -> 0.159;
+# the reward of the training steps, first 10 vs last 10, rose +0.033 to +0.090 over five runs
+# (too noisy for a +0.04 bound: one CI run failed it at +0.033).
+EVAL_K = 8
+HELDOUT_GAIN = 0.02
 
 
 def _probe_socket(address: str, name: str) -> zmq.Socket:
@@ -75,7 +82,7 @@ def _probes(address: str) -> dict:
 @pytest.fixture(scope="module")
 def finished_run(bootstrap_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline") / "run"
-    overrides = sets(learner={"max_steps": STEPS, "eval_every": 0, "lr": LR, "checkpoint_every": 10},
+    overrides = sets(learner={"max_steps": STEPS, "eval_every": 0, "lr": LR, "checkpoint_every": 10, "eval_samples": EVAL_K},
                      task={"train_size": 5000, "heldout_size": 200})
     proc = scca("run", "deploy/default.toml", "--out", str(run_dir), *overrides, log=run_dir.parent / "launcher.log")
     try:
@@ -104,17 +111,32 @@ def test_run_completes_with_its_budget(finished_run):
     assert s["completed"] and s["steps"] == STEPS
     assert s["samples_trained"] == sum(r["groups"] for r in finished_run["rows"]) * 8
     assert s["heldout_accuracy_before"] is not None and s["heldout_accuracy_after"] is not None
-    evals = read_jsonl(finished_run["dir"] / "heldout.jsonl")  # greedy: one reward per held-out prompt
+    evals = read_jsonl(finished_run["dir"] / "heldout.jsonl")  # EVAL_K rewards per held-out prompt
     assert [len(e["rewards"]) for e in evals] == [200, 200] and evals[-1]["step"] == STEPS
-    assert all(len(r) == 1 and r[0] in (0.0, 1.0) for e in evals for r in e["rewards"].values())
+    assert all(len(r) == EVAL_K and set(r) <= {0.0, 1.0} for e in evals for r in e["rewards"].values())
     assert s["heldout_accuracy_after"] == pytest.approx(evals[-1]["accuracy"])
 
 
-def test_reward_rises(finished_run):
-    """Reward of every verified sample (groups without signal included) per step."""
+def test_heldout_accuracy_rises(finished_run):
+    """Mean accuracy of EVAL_K samples on each of the same 200 held-out prompts, before vs after."""
+    s = finished_run["summary"]
+    before, after = s["heldout_accuracy_before"], s["heldout_accuracy_after"]
+    assert after >= before + HELDOUT_GAIN, f"held-out accuracy did not rise: {before:.3f} -> {after:.3f}"
+
+
+def test_training_reward_does_not_fall(finished_run):
+    """Reward of every verified sample (groups without signal included) per step: the last 10
+    steps not below the first 10 (measured rises +0.033 .. +0.090; the bound is the sign)."""
     rewards = [r["reward_mean"] for r in finished_run["rows"]]
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
-    assert last >= first + 0.04, f"reward did not rise: first 10 steps {first:.3f}, last 10 steps {last:.3f}"
+    assert last >= first, f"training reward fell: first 10 steps {first:.3f}, last 10 steps {last:.3f}"
+
+
+def test_every_step_trains_a_full_batch(finished_run):
+    """Groups without signal or past max_lag are dropped as they arrive: each step trains
+    prompts_per_step groups (16 in deploy/default.toml)."""
+    assert [r["groups"] for r in finished_run["rows"]] == [16] * STEPS
+    assert all(max(r["lags"]) <= 1 for r in finished_run["rows"])
 
 
 def test_ledger_balances(finished_run):
