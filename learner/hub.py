@@ -343,16 +343,18 @@ class Hub:
     def _window_open(self) -> bool:
         """Training work may go out: items already in flight waiting in `retry` always (they
         hold their place in the window), new prompts while the window has room. With
-        screening, also while fewer than prompts_per_step x (max_lag + 1) groups have passed
+        screening, also while fewer than prompts_per_step x max(max_lag, 1) groups have passed
         their screen and not yet been trained: every such group trains (none is dropped for
-        lack of signal), so a deeper backlog would only wait until it is stale."""
+        lack of signal) unless it waits past max_lag, and the trainer takes them oldest first,
+        one step's worth per step, so a backlog of B groups is trained B / prompts_per_step
+        steps after it was generated: a deeper backlog would only wait until it is stale."""
         if not self.training_open:
             return False
         if self.retry:
             return True
         if self.screening.on:
             passed = len(self.screening.parked) + self.to_trainer.qsize()
-            if passed >= self.cfg.learner.prompts_per_step * (self.cfg.loss.max_lag + 1):
+            if passed >= self.cfg.learner.prompts_per_step * max(self.cfg.loss.max_lag, 1):
                 return False
         return self.ledger.in_flight_count() < self._window()
 
