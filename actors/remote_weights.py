@@ -10,7 +10,7 @@ consecutive chunks of at most 8 MiB whose bytes travel as raw ZMQ frames (zero-c
 both sides, never packed into msgpack); up to WINDOW ranges are requested ahead of what
 has arrived, so the learner's disk reads overlap this side's receiving; each chunk is
 hashed (in order) and written by two worker threads while the next ones arrive (hashlib
-and file writes release the GIL). A file whose streamed sha256 differs from the manifest fails the fetch at once, so
+and file writes release the GIL). A file whose streamed BLAKE3 differs from the manifest fails the fetch at once, so
 no second hashing pass is needed here; the engine verifies the folder again when it loads
 it (`load_verified`, the same check the shared-filesystem path makes).
 
@@ -29,7 +29,8 @@ import secrets
 import shutil
 from pathlib import Path
 
-from protocol.weights import MANIFEST, READY, WeightsError, verify_snapshot
+from protocol.weights import FORMAT, MANIFEST, READY, WeightsError, verify_snapshot
+from protocol.weights_hash import hasher
 
 RANGE_BYTES = 64 * 1024 * 1024  # asked per weights_fetch; answered as chunks of <= MAX_WEIGHTS_CHUNK
 WINDOW = 2  # ranges in flight at once
@@ -73,12 +74,13 @@ class RemoteWeights:
             raise WeightsError(f"empty chunk for {name} at {offset} of {msg['size']}")
         return msg
 
-    async def _file(self, version: int, name: str, dest: Path, sha256: str | None) -> bytes | None:
+    async def _file(self, version: int, name: str, dest: Path, check: tuple[str, str] | None) -> bytes | None:
         """Fetch one file into dest, keeping up to WINDOW ranges requested ahead of what has
         arrived; every chunk is hashed (in order) and written in two worker threads while
-        the next ones arrive. Checks the sha256 when given. Returns the manifest's bytes."""
+        the next ones arrive. `check`: ("sha256" for the manifest or "blake3" for a file
+        it lists, expected hex). Returns the manifest's bytes."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        h = hashlib.sha256()
+        h = hashlib.sha256() if check and check[0] == "sha256" else hasher()
         await self._request(version, name, 0)
         msg = await self._chunk(version, name, 0)
         size, asked, offset = msg["size"], RANGE_BYTES, 0
@@ -96,8 +98,9 @@ class RemoteWeights:
                 if offset >= size:
                     break
                 msg = await self._chunk(version, name, offset)
-        if sha256 is not None and h.hexdigest() != sha256:
-            raise WeightsError(f"fetched {name} of v{version} does not match its manifest sha256")
+        if check is not None and h.hexdigest() != check[1]:
+            raise WeightsError(f"fetched {name} of v{version} does not match its {check[0]} in the "
+                               f"{'message' if name == MANIFEST else 'manifest'}")
         self.bytes_fetched += offset
         return dest.read_bytes() if name == MANIFEST else None
 
@@ -113,14 +116,17 @@ class RemoteWeights:
             self.chunks.get_nowait()
         tmp = self.root / f".fetch-v{version:06d}-{secrets.token_hex(4)}"
         try:
-            raw = await self._file(version, MANIFEST, tmp / MANIFEST, manifest_sha256)
-            for name, sha in sorted(json.loads(raw)["files"].items()):
-                await self._file(version, _safe_name(name), tmp / name, sha)
+            raw = await self._file(version, MANIFEST, tmp / MANIFEST, ("sha256", manifest_sha256))
+            manifest = json.loads(raw)
+            if manifest.get("format") != FORMAT:
+                raise WeightsError(f"v{version}: manifest format {manifest.get('format')!r}, this actor reads {FORMAT}")
+            for name, digest in sorted(manifest["files"].items()):
+                await self._file(version, _safe_name(name), tmp / name, ("blake3", digest))
             (tmp / READY).write_bytes(b"")
             tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self._prune(keep=final)  # every file matched its streamed sha256; the engine verifies again on load
+        self._prune(keep=final)  # every file matched its streamed hash; the engine verifies again on load
         return final
 
     def _prune(self, keep: Path) -> None:
