@@ -19,7 +19,8 @@ one core, so checking a snapshot costs little next to writing or reading it.
   bytes. The kind is a function of the values, so the encoding is injective: a bf16
   snapshot, a bf16 model and a float32 model holding the same values all agree, and any
   changed value, shape or name disagrees. A bf16 tensor is hashed in place (no cast); a
-  float32 one costs one scan of its low halves and a copy of its high halves. A
+  float32 one costs one pass that tests its low halves and copies out and hashes its high
+  halves, COMPACT_PIECE values at a time. A
   non-floating tensor: kind = its dtype string, data = its little-endian bytes.
   Per-tensor hashes make the digest computable in any order (a writer hashes each tensor
   as it writes it) and let tensors be hashed in parallel.
@@ -40,7 +41,8 @@ import torch
 
 FILE_CHUNK = 16 << 20  # bytes read per hash update
 DIGEST_DOMAIN = b"scca-param-digest-2\0"  # prefix: a format-2 digest never equals another hash
-LOW_HALF_MASK = 0xFFFF  # the float32 bits a bfloat16 does not have
+COMPACT_PIECE = 1 << 20  # float32 values tested and compacted to bf16 halves at a time (4 MB: in cache)
+LOW_HALF = 0xFFFF  # the float32 bits a bfloat16 does not have
 
 if sys.byteorder != "little":  # the digest and the safetensors files are little-endian; so are all targets we run on
     raise ImportError("protocol.weights_hash assumes a little-endian machine")
@@ -71,27 +73,41 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(np.ascontiguousarray(t.numpy())).cast("B")
 
 
-def _digest_data(t: torch.Tensor) -> tuple[str, torch.Tensor]:
-    """(kind, contiguous CPU tensor whose bytes are hashed) of one tensor (module docstring)."""
+def _bf16_hash(u32: np.ndarray) -> bytes | None:
+    """BLAKE3 of the bf16 halves (high 16 bits) of float32 values given as uint32, or None
+    when some value has a non-zero low half. One pass, COMPACT_PIECE values at a time: the
+    low halves are tested and the high halves copied out and hashed while in cache (the
+    same hash as of one contiguous copy)."""
+    h = blake3.blake3()
+    low = np.empty(min(COMPACT_PIECE, len(u32)), np.uint32)
+    for start in range(0, len(u32), COMPACT_PIECE):
+        piece = u32[start:start + COMPACT_PIECE]
+        np.bitwise_and(piece, LOW_HALF, out=low[:len(piece)])
+        if low[:len(piece)].any():
+            return None
+        h.update(np.ascontiguousarray(piece.view(np.uint16)[1::2]).view(np.uint8))  # little-endian: high = odd
+    return h.digest()
+
+
+def _data_hash(t: torch.Tensor) -> tuple[str, int, bytes]:
+    """(kind, number of bytes hashed, BLAKE3 of them) of one tensor (module docstring)."""
     t = t.detach()
-    if not t.is_floating_point():
-        return str(t.dtype), t.to("cpu").contiguous()
-    if t.dtype == torch.bfloat16:
-        return "bf16", t.to("cpu").contiguous()
-    if t.dtype != torch.float32:
-        t = t.to(torch.float32)  # fp16: exact; float64: rounds (as format 1)
-    halves = t.contiguous().view(-1).view(torch.int16).view(-1, 2)  # [n, 2]: (low, high) of each value
-    if not bool(halves[:, 0].any()):
-        return "bf16", halves[:, 1].to("cpu").contiguous().view(torch.bfloat16).view(t.shape)
-    return "f32", t.to("cpu").contiguous()
+    if not t.is_floating_point() or t.dtype == torch.bfloat16:
+        raw = tensor_bytes(t.to("cpu").contiguous())
+        return ("bf16" if t.is_floating_point() else str(t.dtype)), len(raw), blake3.blake3(raw).digest()
+    t = t.to("cpu", torch.float32).contiguous()  # fp16: exact; float64: rounds (as format 1)
+    compact = _bf16_hash(t.numpy().reshape(-1).view(np.uint32))
+    if compact is not None:
+        return "bf16", 2 * t.numel(), compact
+    raw = tensor_bytes(t)
+    return "f32", len(raw), blake3.blake3(raw).digest()
 
 
 def digest_entry(name: str, t: torch.Tensor) -> bytes:
     """The bytes one tensor contributes to `param_digest` (module docstring)."""
-    kind, data = _digest_data(t)
-    raw = tensor_bytes(data)
+    kind, n_bytes, data_hash = _data_hash(t)
     shape = ",".join(str(s) for s in t.shape)
-    return f"{name}\0{kind}\0{shape}\0{len(raw)}\0".encode() + blake3.blake3(raw).digest()
+    return f"{name}\0{kind}\0{shape}\0{n_bytes}\0".encode() + data_hash
 
 
 def combine(entries: dict[str, bytes]) -> str:

@@ -304,3 +304,14 @@ def test_format_1_manifest_is_refused_and_a_resuming_learner_rewrites_it(tmp_pat
         verify_snapshot(mpath.parent)
     again = publish_start(tmp_path, 2, model, tok, keep=3, dtype=None)
     assert again["digest"] == info["digest"] and verify_snapshot(mpath.parent)["format"] == 2
+
+
+def test_digest_compacts_in_pieces_like_in_one(monkeypatch):
+    from protocol import weights_hash
+
+    x = torch.randn(11).to(torch.bfloat16).float()
+    whole = weights_hash.digest_entry("x", x)
+    monkeypatch.setattr(weights_hash, "COMPACT_PIECE", 3)  # 4 pieces, the last one short
+    assert weights_hash.digest_entry("x", x) == whole == weights_hash.digest_entry("x", x.to(torch.bfloat16))
+    x[10] = torch.nextafter(x[10], torch.tensor(10.0))  # off the grid in the last piece only
+    assert b"\0f32\0" in weights_hash.digest_entry("x", x)
