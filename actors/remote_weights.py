@@ -6,13 +6,17 @@ then fetches every file the manifest lists into a temp folder next to the actor'
 weights folder, writes READY and renames it into place. Keeps the last `KEEP_LOCAL` versions.
 
 Speed: each `weights_fetch` asks for a range of RANGE_BYTES, which the learner answers as
-consecutive chunks of at most 8 MiB whose bytes travel as raw ZMQ frames (zero-copy on
-both sides, never packed into msgpack); up to WINDOW ranges are requested ahead of what
-has arrived, so the learner's disk reads overlap this side's receiving; each chunk is
-hashed (in order) and written by two worker threads while the next ones arrive (hashlib
-and file writes release the GIL). A file whose streamed BLAKE3 differs from the manifest fails the fetch at once, so
-no second hashing pass is needed here; the engine verifies the folder again when it loads
-it (`load_verified`, the same check the shared-filesystem path makes).
+consecutive chunks of at most MAX_WEIGHTS_CHUNK bytes whose bytes travel as raw ZMQ frames
+(sent zero-copy from a memory map of the file, received zero-copy, never packed into
+msgpack); up to WINDOW ranges are requested ahead of what has arrived, so the learner's
+reads overlap this side's receiving; each chunk is hashed (BLAKE3, in order) and written
+by two worker threads while the next ones arrive (both release the GIL). Profiled on a
+0.5B bf16 snapshot (bench/weights_sync.py), the write thread is the bound: writing into
+the page cache, not the socket or the hash. A file whose streamed BLAKE3 differs from the
+manifest fails the fetch at once, so no second hashing pass is needed here; the engine
+verifies the folder again when it loads it (`load_verified`, the same check the
+shared-filesystem path makes). The manifest itself is checked against the sha256 the
+`weights_published` message carries, and must be of format `protocol.weights.FORMAT`.
 
 What it does not do: no resumable downloads (a failed fetch starts over at the next
 `weights_published`), no compression, no peer-to-peer distribution.
