@@ -12,7 +12,7 @@ interleaved with the baseline:
   * load: what an HF actor does (`load_verified` + `load_state_dict` into a model of the
     snapshot's dtype);
   * digest: `param_digest` of the actor's parameters (what `weights_loaded` proves);
-  * wire: an actor process without the shared filesystem fetching the snapshot from the
+  * wire (`--repeats` rounds, medians): an actor process without the shared filesystem fetching the snapshot from the
     real hub over loopback (`actors/remote_weights.py`: BLAKE3 checked while receiving),
     MB/s, into a folder on disk and into tmpfs (/dev/shm: the wire without this machine's
     disk), next to raw pyzmq moving the snapshot's weights file in the same frames between
@@ -165,6 +165,20 @@ async def fetch_worker(address: str, version: int, manifest_sha256: str, into: P
     print(json.dumps({"seconds": seconds, "bytes": remote.bytes_fetched}))
 
 
+def wire_runs(info: dict, work: Path, folder: Path, repeats: int) -> dict:
+    """`repeats` rounds of: fetch to disk, fetch to tmpfs (/dev/shm: the wire without this
+    machine's disk), raw pyzmq with the largest weights file; seconds and MB/s of each."""
+    out: dict = {"disk_s": [], "tmpfs_s": [], "raw_zmq_MBps": [], "bytes": 0}
+    shm = Path("/dev/shm")
+    for _ in range(repeats):
+        seconds, out["bytes"] = asyncio.run(wire_fetch(info, work, work / "fetched"))
+        out["disk_s"].append(seconds)
+        if shm.is_dir():
+            out["tmpfs_s"].append(asyncio.run(wire_fetch(info, work, Path(tempfile.mkdtemp(dir=shm))))[0])
+        out["raw_zmq_MBps"].append(raw_zmq_MBps(max(folder.glob("*.safetensors"), key=lambda p: p.stat().st_size)))
+    return out
+
+
 def raw_zmq_MBps(path: Path) -> float:
     """MB/s of raw pyzmq moving the file's bytes in MAX_WEIGHTS_CHUNK frames from this process
     (ROUTER, zero-copy sends from a memory map) to a worker process (DEALER) that drops them."""
@@ -270,10 +284,9 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
         t["digest"].append(dt)
         match = digest == info["digest"]  # what the actor holds = what the learner published
         gc.collect()
-    wire_s, wire_bytes = asyncio.run(wire_fetch(info, work, work / "fetched"))
-    shm = Path("/dev/shm")  # the same fetch into memory: the wire without this machine's disk
-    shm_s = asyncio.run(wire_fetch(info, work, Path(tempfile.mkdtemp(dir=shm))))[0] if shm.is_dir() else None
-    raw_zmq = raw_zmq_MBps(max(folder.glob("*.safetensors"), key=lambda p: p.stat().st_size))
+    wire = wire_runs(info, work, folder, repeats)
+    wire_s, shm_s, raw_zmq = (float(np.median(wire[k])) if wire[k] else None for k in ("disk_s", "tmpfs_s", "raw_zmq_MBps"))
+    wire_bytes = wire["bytes"]
     bcast = broadcast_seconds(model, snap_dtype, size)
     med = {k: float(np.median(v)) for k, v in t.items()}
     base = med["raw_save"] + med["raw_load"]
@@ -283,6 +296,7 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
            "wire_fetch_s": wire_s, "wire_MBps": wire_bytes / 1e6 / wire_s,
            "wire_fetch_tmpfs_s": shm_s, "wire_MBps_tmpfs": wire_bytes / 1e6 / shm_s if shm_s else None,
            "raw_zmq_MBps": raw_zmq, "wire_tmpfs_over_raw_zmq": wire_bytes / 1e6 / shm_s / raw_zmq if shm_s else None,
+           "wire_runs": wire,
            "broadcast": bcast, "broadcast_MBps": nbytes / 1e6 / bcast["broadcast_s"]}
     del model, actor, tensors
     gc.collect()
