@@ -70,7 +70,7 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
         t = t.view(torch.int16)  # numpy has no bfloat16: same bytes
     elif t.dtype == torch.bool:
         t = t.view(torch.uint8)
-    return memoryview(np.ascontiguousarray(t.numpy())).cast("B")
+    return memoryview(np.ascontiguousarray(t.numpy()).reshape(-1)).cast("B")
 
 
 def _bf16_hash(u32: np.ndarray) -> bytes | None:

@@ -315,3 +315,19 @@ def test_digest_compacts_in_pieces_like_in_one(monkeypatch):
     assert weights_hash.digest_entry("x", x) == whole == weights_hash.digest_entry("x", x.to(torch.bfloat16))
     x[10] = torch.nextafter(x[10], torch.tensor(10.0))  # off the grid in the last piece only
     assert b"\0f32\0" in weights_hash.digest_entry("x", x)
+
+
+def test_odd_tensors_are_written_as_safetensors_writes_them(tmp_path):
+    from safetensors.torch import save
+
+    from protocol.weights_hash import digest_entry
+    from protocol.weights_write import write_file
+
+    tensors = {"s": torch.tensor(1.5), "b": torch.tensor([True, False]), "e": torch.zeros(0, 2),
+               "i": torch.arange(3, dtype=torch.int32), "h": torch.ones(2, 2, dtype=torch.float16)}
+    entries: dict = {}
+    write_file(tmp_path / "x.safetensors", tensors, torch.bfloat16, entries)
+    cast = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}
+    assert (tmp_path / "x.safetensors").read_bytes() == save(cast, metadata={"format": "pt"})
+    assert entries == {k: digest_entry(k, v) for k, v in cast.items()}
+    assert entries["e"] == digest_entry("e", torch.zeros(0, 2, dtype=torch.bfloat16))
