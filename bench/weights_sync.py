@@ -12,13 +12,16 @@ interleaved with the baseline:
   * load: what an HF actor does (`load_verified` + `load_state_dict` into a model of the
     snapshot's dtype);
   * digest: `param_digest` of the actor's parameters (what `weights_loaded` proves);
-  * wire: an actor process without the shared filesystem fetching the snapshot from the
-    real hub over loopback (`actors/remote_weights.py`), MB/s, into a folder on disk and
-    into tmpfs (/dev/shm: the wire without this machine's disk, ~160 MB/s for writes here);
+  * wire (`--repeats` rounds, medians): an actor process without the shared filesystem fetching the snapshot from the
+    real hub over loopback (`actors/remote_weights.py`: BLAKE3 checked while receiving),
+    MB/s, into a folder on disk and into tmpfs (/dev/shm: the wire without this machine's
+    disk), next to raw pyzmq moving the snapshot's weights file in the same frames between
+    two processes (ROUTER -> DEALER over TCP loopback, zero-copy sends, nothing checked or
+    written): the ceiling of this machine's loopback at this moment;
   * broadcast: the torch.distributed path (gloo) from this process to a second one
     (`protocol/weights_broadcast.py`): pack, broadcast and unpack seconds, MB/s, digest match.
-Prints seconds, the ratio of each phase to raw save + load (goal <= 1.3) and MB/s;
-results into `bench/results/weights_sync.json`.
+Prints seconds, the ratio of each phase to raw save + load (goal <= 1.3), MB/s (goal >= 500)
+and the wire's ratio to raw pyzmq; results into `bench/results/weights_sync.json`.
 
     .venv/bin/python bench/weights_sync.py [--sizes 0.5b] [--repeats 3] [--dtype bfloat16]
 
@@ -162,6 +165,58 @@ async def fetch_worker(address: str, version: int, manifest_sha256: str, into: P
     print(json.dumps({"seconds": seconds, "bytes": remote.bytes_fetched}))
 
 
+def wire_runs(info: dict, work: Path, folder: Path, repeats: int) -> dict:
+    """`repeats` rounds of: fetch to disk, fetch to tmpfs (/dev/shm: the wire without this
+    machine's disk), raw pyzmq with the largest weights file; seconds and MB/s of each."""
+    out: dict = {"disk_s": [], "tmpfs_s": [], "raw_zmq_MBps": [], "bytes": 0}
+    shm = Path("/dev/shm")
+    for _ in range(repeats):
+        seconds, out["bytes"] = asyncio.run(wire_fetch(info, work, work / "fetched"))
+        out["disk_s"].append(seconds)
+        if shm.is_dir():
+            out["tmpfs_s"].append(asyncio.run(wire_fetch(info, work, Path(tempfile.mkdtemp(dir=shm))))[0])
+        out["raw_zmq_MBps"].append(raw_zmq_MBps(max(folder.glob("*.safetensors"), key=lambda p: p.stat().st_size)))
+    return out
+
+
+def raw_zmq_MBps(path: Path) -> float:
+    """MB/s of raw pyzmq moving the file's bytes in MAX_WEIGHTS_CHUNK frames from this process
+    (ROUTER, zero-copy sends from a memory map) to a worker process (DEALER) that drops them."""
+    import mmap
+
+    import zmq
+
+    from protocol.messages import MAX_WEIGHTS_CHUNK
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    child = subprocess.Popen([sys.executable, __file__, "--zmq-sink", f"tcp://127.0.0.1:{port}",
+                              "--bytes", str(path.stat().st_size)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    ident, _ = sock.recv_multipart()
+    with open(path, "rb") as f:
+        view = memoryview(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ))
+    for start in range(0, len(view), MAX_WEIGHTS_CHUNK):
+        sock.send_multipart([ident, view[start:start + MAX_WEIGHTS_CHUNK]], copy=False)
+    seconds = json.loads(child.communicate(timeout=600)[0].strip().splitlines()[-1])["seconds"]
+    sock.close(linger=1000)
+    ctx.term()
+    return len(view) / 1e6 / seconds
+
+
+def zmq_sink(address: str, n_bytes: int) -> None:
+    """The receiving side of `raw_zmq_MBps` (a separate process): seconds from hello to the last byte."""
+    import zmq
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(address)
+    sock.send(b"hello")
+    t, got = time.perf_counter(), 0
+    while got < n_bytes:
+        got += len(sock.recv(copy=False).buffer)
+    print(json.dumps({"seconds": time.perf_counter() - t}))
+
+
 def broadcast_seconds(model, dtype: torch.dtype, size: str) -> dict:
     """The torch.distributed path (gloo) to one receiver process holding the same architecture:
     seconds to pack, to broadcast (offer -> every rank has the bytes), and for the receiver to
@@ -227,11 +282,11 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
         t["load"].append(timed(actor_load, actor, folder)[0])
         dt, digest = timed(W.param_digest, actor.state_dict().items())
         t["digest"].append(dt)
-        match = digest == info["digest"]  # False for tied models until the canonical digest (issue 9)
+        match = digest == info["digest"]  # what the actor holds = what the learner published
         gc.collect()
-    wire_s, wire_bytes = asyncio.run(wire_fetch(info, work, work / "fetched"))
-    shm = Path("/dev/shm")  # the same fetch into memory: the wire without this machine's disk
-    shm_s = asyncio.run(wire_fetch(info, work, Path(tempfile.mkdtemp(dir=shm))))[0] if shm.is_dir() else None
+    wire = wire_runs(info, work, folder, repeats)
+    wire_s, shm_s, raw_zmq = (float(np.median(wire[k])) if wire[k] else None for k in ("disk_s", "tmpfs_s", "raw_zmq_MBps"))
+    wire_bytes = wire["bytes"]
     bcast = broadcast_seconds(model, snap_dtype, size)
     med = {k: float(np.median(v)) for k, v in t.items()}
     base = med["raw_save"] + med["raw_load"]
@@ -240,6 +295,8 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
            "ratio_to_raw": {k: med[k] / base for k in ("publish", "verify", "load", "digest")},
            "wire_fetch_s": wire_s, "wire_MBps": wire_bytes / 1e6 / wire_s,
            "wire_fetch_tmpfs_s": shm_s, "wire_MBps_tmpfs": wire_bytes / 1e6 / shm_s if shm_s else None,
+           "raw_zmq_MBps": raw_zmq, "wire_tmpfs_over_raw_zmq": wire_bytes / 1e6 / shm_s / raw_zmq if shm_s else None,
+           "wire_runs": wire,
            "broadcast": bcast, "broadcast_MBps": nbytes / 1e6 / bcast["broadcast_s"]}
     del model, actor, tensors
     gc.collect()
@@ -258,7 +315,11 @@ def main() -> None:
     ap.add_argument("--into", help=argparse.SUPPRESS)
     ap.add_argument("--recv-worker", help=argparse.SUPPRESS)
     ap.add_argument("--size", help=argparse.SUPPRESS)
+    ap.add_argument("--zmq-sink", help=argparse.SUPPRESS)
+    ap.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.zmq_sink:
+        return zmq_sink(args.zmq_sink, args.bytes)
     if args.recv_worker:
         return recv_worker(int(args.recv_worker), args.size, getattr(torch, args.dtype))
     if args.fetch_worker:
@@ -275,7 +336,8 @@ def main() -> None:
               f"raw save {med['raw_save']:.2f}s + load {med['raw_load']:.2f}s = {r['raw_save_load_s']:.2f}s")
         print("  " + "  ".join(f"{k} {med[k]:.2f}s ({rat[k]:.2f}x)" for k in rat))
         print(f"  wire fetch {r['wire_fetch_s']:.2f}s ({r['wire_MBps']:.0f} MB/s to disk, "
-              f"{r['wire_MBps_tmpfs'] or 0:.0f} MB/s to tmpfs)" +
+              f"{r['wire_MBps_tmpfs'] or 0:.0f} MB/s to tmpfs = {r['wire_tmpfs_over_raw_zmq'] or 0:.2f}x raw pyzmq "
+              f"{r['raw_zmq_MBps']:.0f} MB/s)" +
               f"; broadcast {r['broadcast']['broadcast_s']:.2f}s ({r['broadcast_MBps']:.0f} MB/s, pack "
               f"{r['broadcast']['pack_s']:.2f}s, unpack {r['broadcast']['unpack_s']:.2f}s, digest match "
               f"{r['broadcast']['digest_match']})")

@@ -2,10 +2,15 @@
 
 A snapshot is `root/v{version:06d}/`: a complete Hugging Face folder (safetensors weights,
 config, tokenizer) plus `manifest.json`
-    {"format": 1, "version": int, "files": {relative name: sha256 hex}, "param_digest": hex}
+    {"format": 2, "version": int, "files": {relative name: BLAKE3 hex}, "param_digest": hex}
 and an empty `READY` marker. It is written to `root/.tmp-v{version:06d}-<random>/`, every
 file fsynced, the folder renamed into place, and `READY` written (and fsynced) last, so a
 folder without `READY` is never a snapshot. Only the last `keep` READY versions are kept.
+The weights files are the ones `save_pretrained` writes (same names, sharding and bytes),
+but written by `protocol.weights_write`, which hashes each tensor's bytes as it writes
+them: the files are never read back to be checksummed, and the digest is of the bytes in
+the files. A format-1 manifest (sha256, before BLAKE3) is refused with an error that says
+so; the learner rewrites such a snapshot when it resumes (`publish_start`).
 
 Canonical tensors: the parameter digest is taken over one canonical set on every side. A
 live model's `state_dict()` names a tensor shared by several modules (tied input/output
@@ -17,8 +22,9 @@ any value is still caught.
 
 Dtypes: a snapshot keeps the dtype of the folder the run started from (`dtype` of
 `publish_snapshot`: bf16 in, bf16 out) while the learner trains fp32 master weights. The
-digest covers values, not storage: floating tensors are hashed as float32, so a bf16
-snapshot and an actor that holds those same values in float32 agree. `saved_precision`
+digest covers values, not storage (`protocol.weights_hash`): a floating tensor whose
+values are all bfloat16 is hashed as bf16 bytes, any other as float32, so a bf16 snapshot
+and an actor that holds those same values in float32 agree. `saved_precision`
 rounds the live model to the snapshot's dtype for the duration of a block, so the
 learner's canary is computed on exactly the values actors load.
 
@@ -46,10 +52,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-FORMAT = 1
+from protocol import weights_hash
+from protocol.weights_hash import file_hash
+from protocol.weights_write import write_weights
+
+FORMAT = 2  # 2: BLAKE3 file hashes and digest (weights_hash); 1 (sha256) is refused with a clear error
 MANIFEST = "manifest.json"
 READY = "READY"
-HASH_CHUNK = 8 << 20  # bytes read per sha256 update
 
 CANARY_PROMPT = "12+34+56="
 CANARY_COMPLETION = "12+34=46;46+56=102;#102"
@@ -63,14 +72,6 @@ class WeightsError(Exception):
 
 
 # ----------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def canonical_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -96,37 +97,16 @@ def canonical_tensors(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict
 
 
 def param_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """sha256 hex digest of the canonical set of named tensors, independent of order, device
-    and floating storage dtype.
+    """BLAKE3 hex digest of the canonical set of named tensors, independent of order, device
+    and floating storage dtype (`protocol.weights_hash` defines it: format 2).
 
-    Shared tensors count once (`canonical_tensors`). Tensors are visited in sorted name
-    order; each contributes
-        b"{name}\\0{kind}\\0{shape as comma list}\\0{n_bytes}\\0" + data
-    where for floating tensors kind = "float" and data = the values as contiguous float32
-    little-endian bytes (bf16 and fp16 convert to fp32 exactly), and otherwise kind = the
-    tensor's dtype string and data = its own dtype's little-endian bytes. So the digest
-    names the values: a bf16 file and a float32 model holding the same values agree, any
-    changed value, shape or name disagrees.
-
-    Use `model.state_dict().items()` (parameters + persistent buffers) on a live model, or
-    the tensors of a snapshot's safetensors files.
+    Shared tensors count once (`canonical_tensors`). Floating tensors are hashed by value:
+    as bf16 bytes when every value is a bfloat16, else as float32 bytes, so a bf16 file and a
+    float32 model holding the same values agree, and any changed value, shape or name
+    disagrees. Use `model.state_dict().items()` (parameters + persistent buffers) on a live
+    model, or the tensors of a snapshot's safetensors files.
     """
-    items = sorted(canonical_tensors(named_tensors).items(), key=lambda x: x[0])
-    h = hashlib.sha256()
-    for name, t in items:
-        t = t.detach().to("cpu")
-        if t.is_floating_point():
-            kind = "float"
-            arr = t.to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
-        else:
-            kind = str(t.dtype)
-            arr = t.contiguous().numpy()
-            arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-        data = memoryview(np.ascontiguousarray(arr)).cast("B")  # hashed in place: no copy of the bytes
-        shape = ",".join(str(s) for s in t.shape)
-        h.update(f"{name}\0{kind}\0{shape}\0{len(data)}\0".encode())
-        h.update(data)
-    return h.hexdigest()
+    return weights_hash.param_digest(canonical_tensors(named_tensors).items())
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -253,6 +233,60 @@ def file_tensors(paths: Iterable[Path]) -> dict[str, torch.Tensor]:
     return out
 
 
+def saved_names(model, state: dict[str, torch.Tensor]) -> list[str] | None:
+    """The canonical tensor names in the order `save_pretrained` would write them, or None
+    when it would write other names or shapes (a model whose checkpoint layout transformers
+    converts on load, e.g. fused experts): then only `save_pretrained` writes it right."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    meta = {n: torch.empty(t.shape, dtype=t.dtype, device="meta") for n, t in state.items()}
+    out = revert_weight_conversion(model, dict(meta))
+    if out.keys() != meta.keys() or any(tuple(out[n].shape) != tuple(meta[n].shape) for n in out):
+        return None
+    return list(out)
+
+
+def write_config(model, folder: Path, dtype: torch.dtype | None) -> None:
+    """config.json (and generation_config.json) as save_pretrained writes them, naming `dtype`."""
+    model.config.save_pretrained(folder)
+    if model.can_generate():
+        model.generation_config.save_pretrained(folder)
+    cfg_path = Path(folder) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["architectures"] = [type(model).__name__.removeprefix("FSDP")]
+    keys = [k for k in ("dtype", "torch_dtype") if k in cfg] or ["dtype"]
+    for k in keys:
+        cfg[k] = str(dtype or model.dtype).removeprefix("torch.")
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def write_model(model, folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, str], str]:
+    """The model's weights and config into `folder`, as `save_model` writes them, hashed while
+    written (`protocol.weights_write`); weights files fsynced. Returns ({weights file: BLAKE3},
+    parameter digest). Models whose saved layout differs from their state go through
+    save_pretrained, then are hashed by reading the files back."""
+    state = canonical_tensors(model.state_dict().items())
+    names = saved_names(model, state)
+    if names is None:
+        return write_model_by_save_pretrained(model, folder, dtype)
+    hashes, digest = write_weights(folder, {n: state[n] for n in names}, dtype, model.num_parameters())
+    write_config(model, folder, dtype)
+    return hashes, digest
+
+
+def write_model_by_save_pretrained(model, folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, str], str]:
+    """`save_model`, then the weights files hashed and fsynced, the digest read from them."""
+    save_model(model, folder, dtype)
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    if not weights:
+        raise WeightsError(f"save_pretrained wrote no .safetensors file in {folder}")
+    digest, hashes, _ = in_parallel(
+        lambda: param_digest(file_tensors(weights).items()),
+        lambda: {p.name: file_hash(p) for p in weights},
+        lambda: [_fsync_file(p) for p in weights])
+    return hashes, digest
+
+
 def publish_snapshot(root: Path, version: int, model, tokenizer, keep: int = 3,
                      dtype: torch.dtype | None = None) -> dict:
     """Write snapshot `version` of `model` + `tokenizer` under `root` atomically, its
@@ -270,19 +304,14 @@ def publish_snapshot(root: Path, version: int, model, tokenizer, keep: int = 3,
     tmp = root / f".tmp-v{version:06d}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        save_model(model, tmp, dtype)
+        # The weights are hashed as they are written (the digest is of the bytes in the files)
+        hashes, digest = write_model(model, tmp, dtype)
         tokenizer.save_pretrained(tmp)
         rel = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        weights = _weight_files(tmp, rel)
-        if not weights:
-            raise WeightsError(f"save_pretrained wrote no .safetensors file in {tmp}")
-        # Digest of what actors will load: the file content, not the in-memory model. The
-        # digest, the files' sha256 and their fsync overlap in threads (hashlib, the fp32
-        # cast and fsync release the GIL); the files are read from the page cache.
-        digest, hashes, _ = in_parallel(
-            lambda: param_digest(file_tensors(weights).items()),
-            lambda: {name: sha256_file(tmp / name) for name in rel},
-            lambda: [_fsync_file(tmp / name) for name in rel])
+        for name in rel:
+            if name not in hashes:  # config, tokenizer, index: small
+                hashes[name] = file_hash(tmp / name)
+                _fsync_file(tmp / name)
         manifest = {"format": FORMAT, "version": int(version), "files": hashes, "param_digest": digest}
         manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True).encode()
         (tmp / MANIFEST).write_bytes(manifest_bytes)
@@ -341,7 +370,7 @@ def latest_snapshot(root: Path) -> Path | None:
 
 
 def verify_snapshot(folder: Path, manifest_sha256: str | None = None) -> dict:
-    """Check READY, the manifest (and its sha256 if given), and every listed file's sha256.
+    """Check READY, the manifest (format 2, its sha256 if given), and every listed file's BLAKE3.
 
     Raises WeightsError naming the first problem; returns the parsed manifest.
     """
@@ -361,7 +390,10 @@ def verify_snapshot(folder: Path, manifest_sha256: str | None = None) -> dict:
     except ValueError as e:
         raise WeightsError(f"corrupted: {MANIFEST} is not JSON in {folder}: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise WeightsError(f"unsupported {MANIFEST} format in {folder}")
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise WeightsError(f"unsupported {MANIFEST} format {fmt!r} in {folder}: this version reads format "
+                           f"{FORMAT} (BLAKE3) only; format 1 (sha256) snapshots must be republished "
+                           f"(a learner resuming a run rewrites them)")
     files = manifest.get("files")
     if not isinstance(files, dict) or not isinstance(manifest.get("version"), int):
         raise WeightsError(f"corrupted: {MANIFEST} lacks files/version in {folder}")
@@ -371,8 +403,8 @@ def verify_snapshot(folder: Path, manifest_sha256: str | None = None) -> dict:
             raise WeightsError(f"corrupted: {MANIFEST} lists a path outside the folder: {name}")
         if not path.is_file():
             raise WeightsError(f"missing: {name} in {folder}")
-        if sha256_file(path) != files[name]:
-            raise WeightsError(f"corrupted: {name} sha256 mismatch in {folder}")
+        if file_hash(path) != files[name]:
+            raise WeightsError(f"corrupted: {name} checksum mismatch in {folder}")
     return manifest
 
 

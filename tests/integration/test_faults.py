@@ -398,7 +398,7 @@ def fault_corrupt_snapshot(run_dir: Path, actors: list, learner) -> dict:
         os.kill(a.pid, signal.SIGCONT)
     t = time.time()
     try:
-        refusal = f"refusing weights v{max(corrupted)}: corrupted: model.safetensors sha256 mismatch"
+        refusal = f"refusing weights v{max(corrupted)}: corrupted: model.safetensors checksum mismatch"
         wait_for(lambda: all(refusal in (run_dir / "logs" / f"actor-{i}.log").read_text(errors="replace")
                              for i in range(len(actors))), 60, "both actors to refuse the corrupted snapshot")
     finally:
@@ -466,7 +466,7 @@ def test_fault_6_corrupted_snapshot_is_refused_and_the_next_one_loads(run_b):
     refused = []
     for actor in ("actor-0", "actor-1"):
         text = (run_b["dir"] / "logs" / f"{actor}.log").read_text(errors="replace")
-        refused += [v for v in f["corrupted"] if f"refusing weights v{v}: corrupted: model.safetensors sha256 mismatch" in text]
+        refused += [v for v in f["corrupted"] if f"refusing weights v{v}: corrupted: model.safetensors checksum mismatch" in text]
     assert len(refused) >= 2  # each actor refused what it was told to load
     learner_log = (run_b["dir"] / "logs" / "learner.log").read_text(errors="replace")
     assert len(re.findall(r"peer actor-\d reported error bad_weights: corrupted: model\.safetensors", learner_log)) >= 2

@@ -171,7 +171,7 @@ def test_refuses_a_corrupted_snapshot(world, tmp_path):
     data = bytearray(bad.read_bytes())
     data[-100] ^= 0xFF
     bad.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match="sha256 mismatch"):
+    with pytest.raises(WeightsError, match="model.safetensors checksum mismatch"):
         engine.load_weights(Path(info["folder"]), info["manifest_sha256"])
     assert engine.version == 0 and engine.canary() == before
 

@@ -122,5 +122,5 @@ def test_a_full_disk_prunes_and_retries_then_keeps_serving_the_previous_snapshot
     roomy_line, tight_line = r.stdout.strip().splitlines()
     assert roomy_line == "True True True True 0 0 v000004 4"  # every publish written, some after pruning
     assert tight_line == "True False False False 3 3 v000001 1"  # v1 kept serving, never a broken one
-    assert "os error 28" in r.stderr and "written after freeing space" in r.stderr
+    assert "[Errno 28] No space left on device" in r.stderr and "written after freeing space" in r.stderr
     assert "v000001 keeps serving (3 failures in a row)" in r.stderr

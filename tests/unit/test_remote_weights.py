@@ -23,7 +23,7 @@ async def _fetch(tmp_path, corrupt: bool = False):
     rows = [{"id": "p", "prompt": "1+1=", "meta": {}}]
     hub = Hub(RunConfig(), Ledger(tmp_path / "ledger.sqlite"), rows, rows, queue.Queue(), run_id="t")
     await hub.publish(info, 0.0)
-    if corrupt:  # after publishing: the manifest still names the old sha256
+    if corrupt:  # after publishing: the manifest still names the old checksum
         weights = next((tmp_path / "weights" / "v000001").glob("*.safetensors"))
         data = bytearray(weights.read_bytes())
         data[-1] ^= 1
@@ -63,6 +63,6 @@ async def test_pipelined_fetch_reassembles_the_snapshot(tmp_path, monkeypatch):
 
 async def test_a_file_that_differs_from_its_manifest_fails_the_fetch(tmp_path, monkeypatch):
     monkeypatch.setattr(RW, "RANGE_BYTES", 256 * 1024)
-    with pytest.raises(WeightsError, match="does not match its manifest sha256"):
+    with pytest.raises(WeightsError, match="model.safetensors of v1 does not match its blake3 in the manifest"):
         await _fetch(tmp_path, corrupt=True)
     assert not any(p.name.startswith("v") for p in (tmp_path / "fetched").iterdir())

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -40,7 +41,7 @@ def test_publish_verify_load_roundtrip(tmp_path):
     raw = (folder / "manifest.json").read_bytes()
     assert info["manifest_sha256"] == hashlib.sha256(raw).hexdigest()
     manifest = verify_snapshot(folder, info["manifest_sha256"])
-    assert manifest["version"] == 7 and manifest["format"] == 1
+    assert manifest["version"] == 7 and manifest["format"] == 2
     assert manifest["param_digest"] == info["digest"]
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(manifest["files"])
     # digest: in-memory model == manifest == file content == fresh from_pretrained
@@ -86,7 +87,7 @@ def test_corrupt_byte_names_the_file(tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match=r"corrupted: model\.safetensors sha256 mismatch"):
+    with pytest.raises(WeightsError, match=r"corrupted: model\.safetensors checksum mismatch"):
         verify_snapshot(folder, info["manifest_sha256"])
     with pytest.raises(WeightsError, match="model.safetensors"):
         load_state_dict(folder)
@@ -216,3 +217,117 @@ def test_bf16_snapshots_from_fp32_master_weights(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(exact, master.state_dict().values()))  # master restored
     reloaded = AutoModelForCausalLM.from_pretrained(info["folder"], dtype=torch.float32)
     assert param_digest(reloaded.state_dict().items()) == info["digest"]
+
+
+def _tied_qwen(tmp_path, dtype="float32"):
+    from learner.local_models import build_model_folder
+
+    folder = build_model_folder(tmp_path / "q", "qwen2", tied=True, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_written_files_are_save_pretrained_files_byte_for_byte(tmp_path, tied, dtype):
+    from protocol.weights import save_model, write_model
+    from protocol.weights_hash import file_hash
+
+    model = _tied_qwen(tmp_path)[0] if tied else tiny_model(0)
+    save_model(model, tmp_path / "hf", dtype)
+    hashes, digest = write_model(model, tmp_path / "own", dtype)
+    ref = sorted(p.name for p in (tmp_path / "hf").iterdir())
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ref
+    assert "generation_config.json" in ref and list(hashes) == ["model.safetensors"]
+    for name in ref:
+        a, b = (tmp_path / "hf" / name).read_bytes(), (tmp_path / "own" / name).read_bytes()
+        assert (json.loads(a) == json.loads(b)) if name.endswith(".json") else (a == b), name
+    assert hashes["model.safetensors"] == file_hash(tmp_path / "hf" / "model.safetensors")
+    assert digest == param_digest(load_file(tmp_path / "hf" / "model.safetensors").items())
+
+
+def test_shards_match_save_pretrained(tmp_path):
+    from protocol.weights import write_config
+    from protocol.weights_write import INDEX_NAME, write_weights
+
+    model = tiny_model(0)
+    max_shard = 20_000  # bytes: the tiny model (~50 kB in bf16) splits into several files
+    model.save_pretrained(tmp_path / "hf", state_dict=None, max_shard_size=max_shard)
+    state = canonical_tensors(model.state_dict().items())
+    hashes, digest = write_weights(tmp_path / "own", state, None, model.num_parameters(), max_shard)
+    shards = sorted(p.name for p in (tmp_path / "hf").glob("*.safetensors"))
+    assert len(shards) > 2 and sorted(hashes) == shards
+    for name in shards + [INDEX_NAME]:
+        assert (tmp_path / "own" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes(), name
+    write_config(model, tmp_path / "own", None)
+    fresh = AutoModelForCausalLM.from_pretrained(tmp_path / "own")
+    assert param_digest(fresh.state_dict().items()) == digest == param_digest(model.state_dict().items())
+
+
+def test_save_pretrained_fallback_agrees_with_the_writer(tmp_path):
+    from protocol.weights import write_model, write_model_by_save_pretrained
+
+    model = _tied_qwen(tmp_path)[0]
+    a = write_model(model, tmp_path / "a", torch.bfloat16)
+    b = write_model_by_save_pretrained(model, tmp_path / "b", torch.bfloat16)
+    assert a == b and len(a[1]) == 64
+
+
+def test_digest_encodes_values_exactly():
+    from protocol.weights_hash import digest_entry
+
+    x = torch.tensor([1.0, -0.0, 0.0, 3.140625, float("inf")])  # all bfloat16 values
+    assert digest_entry("x", x) == digest_entry("x", x.to(torch.bfloat16)) == digest_entry("x", x.half())
+    assert b"\0bf16\0" in digest_entry("x", x)
+    y = x.clone()
+    y[1] = 0.0  # -0.0 -> +0.0: equal as numbers, another value in the file
+    assert digest_entry("x", y) != digest_entry("x", x)
+    z = x.clone()
+    z[3] = torch.nextafter(z[3], torch.tensor(10.0))  # one float32 ulp: off the bf16 grid
+    assert b"\0f32\0" in digest_entry("x", z) and digest_entry("x", z) != digest_entry("x", x)
+    assert digest_entry("x", z) == digest_entry("x", z.double())
+    assert digest_entry("x", x.reshape(5, 1)) != digest_entry("x", x)  # shape counts
+    for t in (torch.zeros(0), torch.tensor(2.0), torch.zeros(0, dtype=torch.bfloat16)):
+        assert digest_entry("e", t) == digest_entry("e", t.float())
+    assert digest_entry("b", torch.tensor([True, False])) != digest_entry("b", torch.tensor([1, 0], dtype=torch.uint8))
+
+
+def test_format_1_manifest_is_refused_and_a_resuming_learner_rewrites_it(tmp_path):
+    from learner.service import publish_start
+
+    model, tok = tiny_model(0), tiny_tokenizer()
+    info = publish_snapshot(tmp_path / "weights", 2, model, tok)
+    mpath = tmp_path / "weights" / "v000002" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["format"] = 1
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(WeightsError, match=r"format 1 .*this version reads format 2 \(BLAKE3\) only.*republished"):
+        verify_snapshot(mpath.parent)
+    again = publish_start(tmp_path, 2, model, tok, keep=3, dtype=None)
+    assert again["digest"] == info["digest"] and verify_snapshot(mpath.parent)["format"] == 2
+
+
+def test_digest_compacts_in_pieces_like_in_one(monkeypatch):
+    from protocol import weights_hash
+
+    x = torch.randn(11).to(torch.bfloat16).float()
+    whole = weights_hash.digest_entry("x", x)
+    monkeypatch.setattr(weights_hash, "COMPACT_PIECE", 3)  # 4 pieces, the last one short
+    assert weights_hash.digest_entry("x", x) == whole == weights_hash.digest_entry("x", x.to(torch.bfloat16))
+    x[10] = torch.nextafter(x[10], torch.tensor(10.0))  # off the grid in the last piece only
+    assert b"\0f32\0" in weights_hash.digest_entry("x", x)
+
+
+def test_odd_tensors_are_written_as_safetensors_writes_them(tmp_path):
+    from safetensors.torch import save
+
+    from protocol.weights_hash import digest_entry
+    from protocol.weights_write import write_file
+
+    tensors = {"s": torch.tensor(1.5), "b": torch.tensor([True, False]), "e": torch.zeros(0, 2),
+               "i": torch.arange(3, dtype=torch.int32), "h": torch.ones(2, 2, dtype=torch.float16)}
+    entries: dict = {}
+    write_file(tmp_path / "x.safetensors", tensors, torch.bfloat16, entries)
+    cast = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}
+    assert (tmp_path / "x.safetensors").read_bytes() == save(cast, metadata={"format": "pt"})
+    assert entries == {k: digest_entry(k, v) for k, v in cast.items()}
+    assert entries["e"] == digest_entry("e", torch.zeros(0, 2, dtype=torch.bfloat16))

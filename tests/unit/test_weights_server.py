@@ -19,3 +19,19 @@ def test_chunks_reassemble_the_file_and_nothing_else_is_served(tmp_path):
     assert read_chunk(tmp_path, 2, "model.safetensors", 0, 10) is None  # never published
     (tmp_path / "v000003" / "READY").unlink()
     assert read_chunk(tmp_path, 3, "model.safetensors", 0, 10) is None  # not READY
+
+
+def test_a_chunk_is_a_view_of_the_file_that_outlives_its_pruning(tmp_path):
+    import shutil
+
+    publish_snapshot(tmp_path, 1, tiny_model(0), tiny_tokenizer(), keep=1)
+    target = tmp_path / "v000001" / "model.safetensors"
+    expected = target.read_bytes()
+    size = len(expected)
+    chunk, got_size = read_chunk(tmp_path, 1, "model.safetensors", 4097, 20_000)  # not on a page boundary
+    assert got_size == size and len(chunk) == 20_000 and isinstance(chunk, memoryview)
+    tail, _ = read_chunk(tmp_path, 1, "model.safetensors", size - 10, 1000)
+    assert bytes(tail) == expected[-10:]
+    assert read_chunk(tmp_path, 1, "model.safetensors", size, 1000) == (b"", size)  # at the end: empty
+    shutil.rmtree(tmp_path / "v000001")  # pruned while the chunk is still being sent
+    assert bytes(chunk) == expected[4097:24_097]
