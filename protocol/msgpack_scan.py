@@ -83,6 +83,7 @@ def scan(data: bytes | bytearray | memoryview, max_elements: int, max_depth: int
     outer: list[int] = []  # items still to read in each enclosing container
     remaining = 1  # items still to read in the current container (the root: one object)
     skip_table, table = _SKIP, _TABLE
+    ext_byte = ext_type & 0xFF  # the type byte as it stands in the data (a signed int8)
     try:
         while True:
             while remaining:
@@ -97,7 +98,7 @@ def scan(data: bytes | bytearray | memoryview, max_elements: int, max_depth: int
                     raise ProtocolError("not_msgpack", f"reserved byte 0xc1 at {pos}")
                 kind, size = entry
                 if kind == _FIXEXT:
-                    if _ext_code(buf[pos + 1]) != ext_type:
+                    if buf[pos + 1] != ext_byte:
                         raise _foreign_ext(buf[pos + 1])
                     pos += 2 + size
                     continue
@@ -106,13 +107,13 @@ def scan(data: bytes | bytearray | memoryview, max_elements: int, max_depth: int
                 else:
                     if pos + 1 + size > n:
                         raise ProtocolError("not_msgpack", f"message ends inside a length field at byte {pos}")
-                    count = int.from_bytes(buf[pos + 1:pos + 1 + size], "big")
+                    count = buf[pos + 1] if size == 1 else int.from_bytes(buf[pos + 1:pos + 1 + size], "big")
                     pos += 1 + size
                 if kind == _BLOB:
                     pos += count
                     continue
                 if kind == _EXT:
-                    if _ext_code(buf[pos]) != ext_type:
+                    if buf[pos] != ext_byte:
                         raise _foreign_ext(buf[pos])
                     pos += 1 + count
                     continue
