@@ -97,12 +97,9 @@ def scan(data: bytes | bytearray | memoryview, max_elements: int, max_depth: int
                 if entry is None:
                     raise ProtocolError("not_msgpack", f"reserved byte 0xc1 at {pos}")
                 kind, size = entry
-                if kind == _FIXEXT:
-                    if buf[pos + 1] != ext_byte:
-                        raise _foreign_ext(buf[pos + 1])
-                    pos += 2 + size
-                    continue
-                if size < 0:  # fix container: the count is in the byte
+                if kind == _FIXEXT:  # then like an ext: the type byte, `size` bytes of payload
+                    kind, count, pos = _EXT, size, pos + 1
+                elif size < 0:  # fix container: the count is in the byte
                     count, pos = -size - 1, pos + 1
                 else:
                     if pos + 1 + size > n:
