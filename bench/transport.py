@@ -10,9 +10,18 @@ Arms, each measured side by side in this one invocation (alternating, `--repeats
     trained 16 at a time through the event loop, as the real trainer does.
   * `raw`: the same two processes and the same messages byte for byte (work, rollout,
     ack, verify job, verdicts per group) through plain asyncio pyzmq ROUTER/DEALER
-    sockets, with no decoding, validation or ledger.
-It prints groups/s and samples/s of each arm, the ratio hub/raw, the spread over repeats
-and the load average. Results: `bench/results/transport.json`.
+    sockets, with no decoding, validation or ledger. It is the cost of moving the bytes
+    only: it never unpacks a rollout (it tells kinds apart by length and a substring) and
+    runs no trainer thread, so its rate is set by the peer process (which packs every
+    rollout: its 24 arrays) far more than by its own loop; it is a fair upper bound for
+    the transport, not a hub that does less.
+It prints groups/s and samples/s of each arm, the ratio hub/raw, the spread over repeats,
+the CPU time the learner-side process spent per group (all its threads: event loop, trainer
+thread, ZeroMQ I/O thread; the peer process not included), the share of the hub arm's wall
+time its event-loop thread spent on a CPU and waiting for one (Linux schedstat: runnable,
+not running), and the load average. On a loaded machine the CPU per group is the steadier
+number: groups/s = the share of a core the process got / CPU per group. Results:
+`bench/results/transport.json`.
 
     .venv/bin/python bench/transport.py [--groups 4000] [--repeats 3]
 
@@ -30,6 +39,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # ben
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import queue  # noqa: E402
 import subprocess  # noqa: E402
@@ -46,6 +56,7 @@ import zmq.asyncio  # noqa: E402
 from protocol import messages  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+NS = 1e9  # schedstat counts nanoseconds
 GROUP = 8  # samples per group
 TOKENS = 30  # completion tokens per sample
 STEP_GROUPS = 16  # groups the trainer thread marks trained at once
@@ -133,8 +144,16 @@ def messages_default(obj):
 # ----------------------------------------------------------------------------- hub arm
 
 
-async def hub_arm(n_groups: int) -> float:
-    """Scored groups per second reaching the trainer through the real hub."""
+def schedstat(tid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of thread `tid` (Linux)."""
+    on_cpu, waiting = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[:2]
+    return int(on_cpu) / NS, int(waiting) / NS
+
+
+async def hub_arm(n_groups: int) -> tuple[float, float]:
+    """Scored groups per second reaching the trainer through the real hub, this process's
+    CPU seconds per group over the same interval, and the event-loop thread's (on-CPU,
+    waiting-for-a-CPU) shares of that interval."""
     from learner.hub import Hub
     from learner.ledger import Ledger
     from protocol.config import parse_config
@@ -147,15 +166,19 @@ async def hub_arm(n_groups: int) -> float:
         hub = Hub(cfg, Ledger(Path(d) / "ledger.sqlite"), rows, rows[:1], inbox, run_id="bench")
         await hub.publish({"version": 0, "folder": d, "manifest_sha256": "m" * 64, "digest": DIGEST}, 0.0)
         loop = asyncio.get_running_loop()
+        gc.freeze()  # as learner/service.py does before serving (unfrozen below: the raw arm runs in this process too)
         serving = loop.create_task(hub.serve())
         proc = subprocess.Popen([sys.executable, __file__, "--peer", hub.ep.address], cwd=ROOT)
         first, done = {}, asyncio.Event()
+        loop_tid = threading.get_native_id()
 
         def trainer():
             got = 0
             while got < n_groups:
                 batch = [inbox.get() for _ in range(min(STEP_GROUPS, n_groups - got))]
                 first.setdefault("t", time.perf_counter())
+                first.setdefault("cpu", time.process_time())
+                first.setdefault("sched", schedstat(loop_tid))
                 got += len(batch)
                 ids = [g.item_id for g in batch]
                 asyncio.run_coroutine_threadsafe(mark(ids), loop).result()
@@ -167,21 +190,26 @@ async def hub_arm(n_groups: int) -> float:
 
         threading.Thread(target=trainer, daemon=True).start()
         await done.wait()
-        rate = (n_groups - STEP_GROUPS) / (time.perf_counter() - first["t"])  # timed from the first batch
+        wall = time.perf_counter() - first["t"]  # timed from the first batch
+        rate = (n_groups - STEP_GROUPS) / wall
+        cpu = (time.process_time() - first["cpu"]) / (n_groups - STEP_GROUPS)
+        sched = [(b - a) / wall for a, b in zip(first["sched"], schedstat(loop_tid))]
         for peer_ in list(hub.peers.values()):
             await hub.ep.send(peer_.identity, "error", code="bench_done", message="stop")
         proc.wait(30)
         serving.cancel()
         hub.ep.close()
         hub.ledger.close()
-    return rate
+        gc.unfreeze()
+    return rate, cpu, sched
 
 
 # ----------------------------------------------------------------------------- raw arm
 
 
-async def raw_arm(n_groups: int) -> float:
-    """Groups per second with the same messages moved by bare asyncio pyzmq (no decoding, no ledger)."""
+async def raw_arm(n_groups: int) -> tuple[float, float]:
+    """Groups per second with the same messages moved by bare asyncio pyzmq (no decoding, no
+    ledger), and this process's CPU seconds per group."""
     ctx = zmq.asyncio.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -197,7 +225,7 @@ async def raw_arm(n_groups: int) -> float:
                             meta={"answer": "102"}, completions=[s["text"] for s in rollout("w", "p", rng)["samples"]]))
     stop = enc(messages.make("error", "learner", 0, code="bench_done", message="stop"))
     proc = subprocess.Popen([sys.executable, __file__, "--peer", address], cwd=ROOT)
-    done = t0 = 0
+    done = t0 = cpu0 = 0
     while done < n_groups:
         identity, payload = await router.recv_multipart()
         if identity == b"actor-0":
@@ -211,13 +239,14 @@ async def raw_arm(n_groups: int) -> float:
         elif b"verdicts" in payload:
             done += 1
             if done == STEP_GROUPS:
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
     rate = (n_groups - STEP_GROUPS) / (time.perf_counter() - t0)
+    cpu = (time.process_time() - cpu0) / (n_groups - STEP_GROUPS)
     for who in (b"actor-0", b"verifier-0"):
         await router.send_multipart([who, stop])
     proc.wait(30)
     router.close()
-    return rate
+    return rate, cpu
 
 
 def main() -> None:
@@ -229,21 +258,31 @@ def main() -> None:
     args = ap.parse_args()
     if args.peer:
         return asyncio.run(peer(args.peer))
-    rates = {"hub": [], "raw": []}
+    rates: dict[str, list[float]] = {"hub": [], "raw": []}
+    cpus: dict[str, list[float]] = {"hub": [], "raw": []}
+    scheds: list[list[float]] = []
     for rep in range(args.repeats):
         for arm in (("hub", "raw") if rep % 2 == 0 else ("raw", "hub")):
-            fn = hub_arm if arm == "hub" else raw_arm
-            rates[arm].append(asyncio.run(fn(args.groups)))
-            print(f"{arm:4s} repeat {rep}: {rates[arm][-1]:8.0f} groups/s ({GROUP * rates[arm][-1]:8.0f} samples/s)",
-                  flush=True)
+            rate, cpu, *sched = asyncio.run((hub_arm if arm == "hub" else raw_arm)(args.groups))
+            rates[arm].append(rate)
+            cpus[arm].append(cpu)
+            scheds += sched
+            loop_share = f", event loop on a CPU {sched[0][0]:.0%} / waiting for one {sched[0][1]:.0%} of the time" if sched else ""
+            print(f"{arm:4s} repeat {rep}: {rate:8.0f} groups/s ({GROUP * rate:8.0f} samples/s), "
+                  f"{cpu * 1e6:6.0f} us CPU per group{loop_share}", flush=True)
     hub, raw = float(np.median(rates["hub"])), float(np.median(rates["raw"]))
+    cpu_hub, cpu_raw = float(np.median(cpus["hub"])), float(np.median(cpus["raw"]))
     ratios = [h / r for h, r in zip(rates["hub"], rates["raw"])]
     print(f"hub {hub:.0f} groups/s = {GROUP * hub:.0f} samples/s; raw pyzmq {raw:.0f} groups/s; "
           f"hub/raw {hub / raw:.2f} (per repeat {', '.join(f'{r:.2f}' for r in ratios)}); "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"CPU per group hub {cpu_hub * 1e6:.0f} us, raw {cpu_raw * 1e6:.0f} us "
+          f"(one core: at most {1 / cpu_hub:.0f} vs {1 / cpu_raw:.0f} groups/s); load average {os.getloadavg()[0]:.1f}")
     out = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "groups_per_s": {"hub": hub, "raw": raw}, "samples_per_s": {"hub": GROUP * hub, "raw": GROUP * raw},
            "hub_over_raw": hub / raw, "per_repeat": rates, "ratio_per_repeat": ratios,
+           "cpu_us_per_group": {"hub": cpu_hub * 1e6, "raw": cpu_raw * 1e6},
+           "cpu_us_per_group_per_repeat": {k: [c * 1e6 for c in v] for k, v in cpus.items()},
+           "hub_loop_share_on_cpu_and_waiting_per_repeat": scheds,
            "group_size": GROUP, "tokens_per_sample": TOKENS, "loadavg": os.getloadavg()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

@@ -20,7 +20,12 @@ What it does:
   of `eval_samples` samples at the training temperature);
   serves snapshot byte ranges to actors without the shared filesystem, as raw-frame chunks
   (weights_server.py);
-* writes each handled message's ledger transitions in one transaction;
+* handles the messages that arrived together (up to `RECV_BATCH`, taken from the socket
+  without waiting) as one batch: their ledger transitions, and those of the dispatches
+  that follow, in one SQLite transaction, and every reply they cause sent only after
+  that transaction has committed (the endpoint holds them); a pump (dispatch of work and
+  verify jobs) runs once per batch, and after each `work_request` at once (its slots
+  replace the actor's credit, so two requests in one batch must not merge);
 * counts valid but unwanted messages (a kind the learner does not take, a role sending
   another role's message, results for work it never sent) in `unwanted`, changes no
   state for them, and answers them with at most one `error` per peer per
@@ -63,6 +68,7 @@ ERROR_REPLY_S = 1.0  # at most one error reply per peer identity this often
 # and the learner, which publishes only after a step, would never step again.
 REPUBLISH_MIN_S = 10.0
 MAX_PEERS = 4096  # registered peers; a hello beyond this is refused as unwanted
+RECV_BATCH = 256  # messages handled in one transaction at most (what is queued when the loop wakes)
 ROLE_KINDS = {"actor": {"work_request", "rollout_group", "weights_loaded", "weights_fetch", "error"},
               "verifier": {"work_request", "verdicts", "error"}}  # what each role may send after hello
 
@@ -114,6 +120,7 @@ class Hub:
         # a screen dropped without signal never reaches the trainer's inbox: shown to the stall
         # monitor this way (learner/stall.py WatchedInbox), so an all-zero run still stalls
         self.observe_dropped = getattr(to_trainer, "observe_dropped", lambda group: None)
+        self._handoff: list[Group] = []  # scored groups of the batch being handled, for the trainer after its commit
         self.run_id = run_id
         self.ep = RouterEndpoint(cfg.hub.bind)
         self.peers: dict[bytes, Peer] = {}
@@ -145,12 +152,23 @@ class Hub:
         housekeeping = asyncio.get_running_loop().create_task(self._housekeeping())
         try:
             while True:
-                identity, msg = await self.ep.recv()
+                batch = await self.ep.recv_batch(RECV_BATCH)
                 M.BAD_MESSAGES.set(self.ep.bad_messages)
-                with self.ledger.batch():  # one commit per message handled, not one per transition
-                    await self.handle(identity, msg)
+                await self.handle_batch(batch)
         finally:
             housekeeping.cancel()
+
+    async def handle_batch(self, batch: list[tuple[bytes, dict]]) -> None:
+        """Messages that arrived together: their transitions and the pump's dispatches in one
+        ledger transaction; the replies leave, and the scored groups go to the trainer (all at
+        once: one wake-up of its thread, not one per group), after its commit."""
+        with self.ep.hold(), self.ledger.batch():
+            for identity, msg in batch:
+                await self.handle(identity, msg)
+            await self.pump()
+        handoff, self._handoff = self._handoff, []
+        for group in handoff:
+            self.to_trainer.put(group)
 
     async def handle(self, identity: bytes, msg: dict) -> None:
         peer = self.peers.get(identity)
@@ -252,7 +270,7 @@ class Hub:
             wanted = on(msg) is not False
         if wanted:  # work the learner never sent is counted, not acked
             await self.ep.send(peer.identity, "ack", ids=[msg["work_id"]])
-        await self.pump()
+        # its verify job goes out in the pump that ends the batch (handle_batch)
 
     def _on_train_rollout(self, msg: dict) -> bool | None:
         item_id = self.screening.item_of(msg["work_id"])
@@ -311,7 +329,7 @@ class Hub:
                 return self._count_unwanted("unknown_job")
             else:
                 M.DUPLICATES.inc()
-        await self.pump()
+        # the freed verifier credit is used by the pump that ends the batch (handle_batch)
 
     def _count_unwanted(self, reason: str) -> bool:
         """Count a valid but unwanted message (no reply); False, so handlers can return it."""
@@ -324,7 +342,7 @@ class Hub:
         action, merged = self.screening.on_scored(group)
         M.SCREENED.labels(action).inc()
         if action == "train":
-            self.to_trainer.put(merged)
+            self._handoff.append(merged)  # put into to_trainer by handle_batch, after the commit
         elif action == "drop":
             self.ledger.drop(group.item_id, "screened")
             self.observe_dropped(group)
@@ -353,7 +371,7 @@ class Hub:
         if self.retry:
             return True
         if self.screening.on:
-            passed = len(self.screening.parked) + self.to_trainer.qsize()
+            passed = len(self.screening.parked) + self.to_trainer.qsize() + len(self._handoff)
             if passed >= self.cfg.learner.prompts_per_step * max(self.cfg.loss.max_lag, 1):
                 return False
         return self.ledger.in_flight_count() < self._window()
@@ -373,7 +391,12 @@ class Hub:
         return sorted(ready, key=lambda p: -p.credit)
 
     async def pump(self) -> None:
-        """Send whatever can be sent: eval chunks, training work, verify jobs."""
+        """Send whatever can be sent: eval chunks, training work, verify jobs. The dispatches
+        are one ledger transaction (or join the caller's), the messages leave after it."""
+        with self.ep.hold(), self.ledger.batch():
+            await self._pump()
+
+    async def _pump(self) -> None:
         a = self.cfg.actor
         sampling = {"temperature": a.temperature, "top_p": a.top_p, "max_new_tokens": a.max_new_tokens}
         hidden_k = HIDDEN_K if self.cfg.credit.method == "hidden" else None  # summaries only for `hidden`
@@ -389,12 +412,20 @@ class Hub:
             peer.credit -= 1
         # re-sends first: they are in flight already, so a full window never holds them back (a
         # resumed run, or one whose actors all died, has nothing in flight but them)
-        while self.training_open and (self.retry or self._window_open()) and self._actors():
-            peer = self._actors()[0]
+        cursor = self.cursor
+        try:
+            await self._pump_work(sampling, hidden_k)
+        finally:
+            if self.cursor != cursor:  # the new rows and the cursor past them: one transaction (pump's)
+                self.ledger.set_meta("cursor", str(self.cursor))
+        await self._pump_verifiers()
+
+    async def _pump_work(self, sampling: dict, hidden_k: int | None) -> None:
+        while self.training_open and (self.retry or self._window_open()) and (actors := self._actors()):
+            peer = actors[0]
             item_id, prompt_id, new = self._next_item()
-            if new:  # the row and the cursor past it in one transaction
-                self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version,
-                                     meta={"cursor": str(self.cursor)})
+            if new:
+                self.ledger.dispatch(item_id, prompt_id, peer.name, self.cfg.hub.work_lease_s, self.version)
             elif self.ledger.state(item_id) == "dispatched" or item_id in self.screening.parked:
                 self.ledger.redispatch(item_id, peer.name, self.cfg.hub.work_lease_s, self.version)
             else:
@@ -406,7 +437,6 @@ class Hub:
                                sampling=sampling, eval=False, hidden_k=hidden_k,
                                urgent=self.screening.is_continuation(work_id))
             peer.credit -= 1
-        await self._pump_verifiers()
 
     async def _pump_verifiers(self) -> None:
         while self.verify_queue:
@@ -458,25 +488,31 @@ class Hub:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
-            now = time.monotonic()
-            for peer in list(self.peers.values()):
-                if peer.identity in self.ep.unreachable:
-                    self.ep.unreachable.discard(peer.identity)
-                    log.warning("peer %s disconnected: dropping it", peer.name)
-                    del self.peers[peer.identity]
-                    self._release(peer, "disconnected")
-                elif now - peer.last_seen > self.cfg.hub.peer_timeout_s:
-                    log.warning("peer %s silent for %.1fs: dropping it", peer.name, now - peer.last_seen)
-                    del self.peers[peer.identity]
-                    self._release(peer, "silent")
-                elif now - self.ep.last_sent.get(peer.identity, 0.0) > self.cfg.hub.heartbeat_s:
-                    await self.ep.send(peer.identity, "heartbeat")
-            for item_id, _, state in self.ledger.expired():
-                self._requeue(item_id, state)
-            self._retry_stuck_eval()
-            M.update_ledger(self.ledger.counts())
-            self._update_peer_metrics()
-            await self.pump()
+            with self.ep.hold(), self.ledger.batch():  # one transaction per sweep, messages after it
+                await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Drop gone or silent peers (their work back in line), heartbeat quiet ones, re-queue
+        expired leases, retry a stuck evaluation, refresh the gauges, pump."""
+        now = time.monotonic()
+        for peer in list(self.peers.values()):
+            if peer.identity in self.ep.unreachable:
+                self.ep.unreachable.discard(peer.identity)
+                log.warning("peer %s disconnected: dropping it", peer.name)
+                del self.peers[peer.identity]
+                self._release(peer, "disconnected")
+            elif now - peer.last_seen > self.cfg.hub.peer_timeout_s:
+                log.warning("peer %s silent for %.1fs: dropping it", peer.name, now - peer.last_seen)
+                del self.peers[peer.identity]
+                self._release(peer, "silent")
+            elif now - self.ep.last_sent.get(peer.identity, 0.0) > self.cfg.hub.heartbeat_s:
+                await self.ep.send(peer.identity, "heartbeat")
+        for item_id, _, state in self.ledger.expired():
+            self._requeue(item_id, state)
+        self._retry_stuck_eval()
+        M.update_ledger(self.ledger.counts())
+        self._update_peer_metrics()
+        await self.pump()
 
     def _retry_stuck_eval(self) -> None:
         """An evaluation that made no progress for a lease re-sends what is missing."""
@@ -509,7 +545,7 @@ class Hub:
         self.ledger.trained(item_ids, version)
         for item_id, reason in dropped:
             self.ledger.drop(item_id, reason)
-        M.update_ledger(self.ledger.counts())
+        M.update_ledger(self.ledger.totals())  # kept in memory: counts() scans the table
 
     def stop_training(self) -> None:
         self.training_open = False

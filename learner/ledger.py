@@ -5,7 +5,9 @@ What it does: a row moves `dispatched -> generated -> scored -> trained`, or to
 past it are returned by `expired()` so the hub re-dispatches them (same item id, attempt
 +1). Transitions are idempotent: a late duplicate result for a row that has moved on is
 reported as such and ignored. `counts()` gives the invariant
-`dispatched == trained + dropped + in_flight` (in_flight = dispatched|generated|scored).
+`dispatched == trained + dropped + in_flight` (in_flight = dispatched|generated|scored)
+from the table; `totals()` gives the same four numbers from counters kept in memory by the
+transitions (the hot path: no table scan).
 A `meta` table keeps small run facts (the prompt cursor, the weights version).
 Fault policy for a database locked by another process (a backup, an `sqlite3` shell): a
 statement waits for the lock up to `LOCK_WAIT_S` (SQLite's busy handler), a wait longer
@@ -97,13 +99,18 @@ class Ledger:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self._in_flight = self._count_in_flight()  # kept in step by the transitions below (hot path)
+        c = self.counts()
+        self._trained, self._dropped = c["trained"], c["dropped"]  # likewise
 
     # --- transitions -------------------------------------------------------------
     def dispatch(self, item_id: str, prompt_id: str, peer: str, lease_s: float, version: int,
                  meta: dict[str, str] | None = None) -> None:
-        """A new row, and `meta` updates (e.g. the prompt cursor) in the same transaction."""
+        """A new row, and `meta` updates (e.g. the prompt cursor) in the same transaction (the
+        caller's, inside `batch()`: a savepoint there would add nothing, its commit is the batch's)."""
         now = time.time()
-        self.db.execute("SAVEPOINT dispatch")
+        own = not self.db.in_transaction
+        if own:
+            self.db.execute("SAVEPOINT dispatch")
         self.db.execute(
             "INSERT INTO items(item_id, prompt_id, state, peer, deadline, version, updated) "
             "VALUES (?, ?, 'dispatched', ?, ?, ?, ?)",
@@ -111,7 +118,8 @@ class Ledger:
         )
         for key, value in (meta or {}).items():
             self.set_meta(key, value)
-        self.db.execute("RELEASE dispatch")
+        if own:
+            self.db.execute("RELEASE dispatch")
         self._in_flight += 1
 
     def redispatch(self, item_id: str, peer: str, lease_s: float, version: int) -> None:
@@ -152,6 +160,7 @@ class Ledger:
             (time.time(), after_version),
         )
         self._in_flight += cur.rowcount
+        self._trained -= cur.rowcount
         return cur.rowcount
 
     def resume(self) -> list[str]:
@@ -176,10 +185,12 @@ class Ledger:
                 raise LedgerError(f"cannot mark {item_id!r} trained: not scored")
         self.db.execute("RELEASE trained")
         self._in_flight -= len(item_ids)
+        self._trained += len(item_ids)
 
     def drop(self, item_id: str, reason: str) -> bool:
         moved = self._move(item_id, IN_FLIGHT, "dropped", reason=reason)
         self._in_flight -= moved
+        self._dropped += moved
         return moved
 
     @contextlib.contextmanager
@@ -228,6 +239,11 @@ class Ledger:
     def _count_in_flight(self) -> int:
         return int(self.db.execute(
             "SELECT COUNT(*) FROM items WHERE state IN ('dispatched','generated','scored')").fetchone()[0])
+
+    def totals(self) -> dict[str, int]:
+        """dispatched, trained, dropped and in_flight as `counts()` gives them, from memory."""
+        t, d, f = self._trained, self._dropped, self._in_flight
+        return {"dispatched": t + d + f, "trained": t, "dropped": d, "in_flight": f}
 
     def counts(self) -> dict[str, int]:
         by_state = dict(self.db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())

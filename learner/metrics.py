@@ -7,7 +7,6 @@ that) and no per-peer label explosion (peers are counted per role).
 
 from __future__ import annotations
 
-import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 P = "scca_learner_"
@@ -50,7 +49,8 @@ def observe_rollout(msg: dict) -> None:
 
 
 def observe_verdicts(msg: dict) -> None:
-    REWARD.set(float(np.mean(msg["rewards"])))
+    rewards = msg["rewards"]  # a short list of floats: sum/len, not numpy (per message, hot)
+    REWARD.set(sum(rewards) / len(rewards))
 
 
 def observe_step(row: dict) -> None:

@@ -7,11 +7,14 @@ What it does:
     out as plain Python numbers and tuples as lists.
   * `unpack(data)` is the inverse. It is hardened against hostile input: the total size
     is checked *before* unpacking, then a walk over the bytes (`msgpack_scan.scan`) bounds
-    the number of objects (`MAX_ELEMENTS`) and the nesting (`MAX_DEPTH`) before any is
-    built, so peak memory stays near the message size; msgpack's own length limits bound
+    the number of objects (`MAX_ELEMENTS`) and the nesting (`MAX_DEPTH`) and refuses ext
+    types other than `ARRAY_EXT` before any object is built, so peak memory stays near the
+    message size; msgpack's own length limits bound
     every container, and arrays are checked for dtype (`ALLOWED_DTYPES`), shape (non-negative ints, ndim <=
     `MAX_ARRAY_NDIM`), per-array size (`MAX_ARRAY_BYTES`) and byte length
-    (== prod(shape) * itemsize). Decoded arrays are writable, native byte order.
+    (== prod(shape) * itemsize). Decoded arrays are writable, native byte order. The
+    common case (`_plain_array`) is recognised in one pass of cheap tests; anything else goes
+    through the checks one rule at a time, which decide what is accepted and name the rule.
   * Every decoding failure raises exactly one exception type, `ProtocolError`, with a
     short machine-readable `code`.
 
@@ -23,6 +26,7 @@ What it does NOT do:
 from __future__ import annotations
 
 import math
+import sys
 
 import msgpack
 import numpy as np
@@ -40,6 +44,7 @@ MAX_ELEMENTS = 1 << 18  # objects in one whole message (bounds the Python object
 MAX_DEPTH = 32  # nesting levels of arrays / maps in one message
 _LE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ALLOWED_DTYPES}
 _NATIVE_DTYPES = {name: np.dtype(name).newbyteorder("=") for name in ALLOWED_DTYPES}
+_PLAIN_DTYPES = {name: dt for name, dt in _LE_DTYPES.items() if name != "bool"}  # bool bytes need a value check
 
 # Exceptions msgpack raises on malformed input (FormatError, StackError, ExtraData and
 # "incomplete input" are ValueError subclasses; UnicodeDecodeError is a ValueError too).
@@ -96,6 +101,31 @@ def _reject_ext(code: int, data: bytes) -> object:
     raise ProtocolError("bad_array", f"nested ext type {code} inside an array payload")
 
 
+_LITTLE = sys.byteorder == "little"  # wire order == native order: the bytes can be used as they are
+
+
+def _plain_array(head: object) -> np.ndarray | None:
+    """The common case of a decoded array payload (a non-bool dtype, int dims >= 0 whose
+    product matches the bytes, within MAX_ARRAY_BYTES, on a little-endian host) as a writable
+    array over a copy of the bytes; None for anything else, which `_decode_array` then checks
+    one rule at a time (and rejects with its message, or accepts: a bool array)."""
+    if not (_LITTLE and type(head) is list and len(head) == 3):
+        return None
+    name, shape, raw = head
+    if type(name) is not str or name not in _PLAIN_DTYPES or type(shape) is not list or len(shape) > MAX_ARRAY_NDIM:
+        return None
+    n = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            return None
+        n *= d
+    dt = _PLAIN_DTYPES[name]
+    if type(raw) is not bytes or len(raw) != n * dt.itemsize or len(raw) > MAX_ARRAY_BYTES:
+        return None
+    arr = np.frombuffer(bytearray(raw), dtype=dt)  # bytearray: the copy is writable
+    return arr if len(shape) == 1 else arr.reshape(shape)
+
+
 def _decode_array(data: bytes) -> np.ndarray:
     try:
         head = msgpack.unpackb(
@@ -107,6 +137,9 @@ def _decode_array(data: bytes) -> np.ndarray:
         raise
     except _MSGPACK_ERRORS as e:
         raise ProtocolError("bad_array", f"array payload is not valid msgpack: {e}") from e
+    plain = _plain_array(head)
+    if plain is not None:
+        return plain
     if not (isinstance(head, list) and len(head) == 3):
         raise ProtocolError("bad_array", f"array payload: expected [dtype, shape, bytes], got {describe(head)}")
     name, shape, raw = head
@@ -139,20 +172,6 @@ def _ext_hook(code: int, data: bytes) -> object:
     return _decode_array(data)
 
 
-def _reject_foreign(obj: object) -> None:
-    """Walk containers (iteratively) and reject msgpack.Timestamp (ext -1), which
-    msgpack decodes itself without consulting `ext_hook`."""
-    stack = [obj]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, list):
-            stack.extend(v)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, msgpack.Timestamp):
-            raise ProtocolError("not_msgpack", "unknown msgpack ext type -1 (timestamp)")
-
-
 def unpack(data: bytes | bytearray | memoryview) -> object:
     """Decode msgpack bytes to Python objects. Any failure raises `ProtocolError`."""
     try:
@@ -161,7 +180,7 @@ def unpack(data: bytes | bytearray | memoryview) -> object:
         raise ProtocolError("not_msgpack", f"expected bytes, got {type(data).__name__}") from e
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message of {size} bytes > MAX_MESSAGE_BYTES={MAX_MESSAGE_BYTES}")
-    scan(data, MAX_ELEMENTS, MAX_DEPTH)  # object count and depth, before anything is built
+    scan(data, MAX_ELEMENTS, MAX_DEPTH, ARRAY_EXT)  # count, depth, ext types: before anything is built
     try:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, ext_hook=_ext_hook,
@@ -173,5 +192,4 @@ def unpack(data: bytes | bytearray | memoryview) -> object:
         raise
     except _MSGPACK_ERRORS as e:
         raise ProtocolError("not_msgpack", f"cannot unpack: {type(e).__name__}: {e}") from e
-    _reject_foreign(obj)
     return obj

@@ -10,7 +10,10 @@ What it does:
     path, e.g. "rollout_group.samples[2].logprobs".
   * `rollout_group` samples get cross-field checks: one length T shared by token_ids,
     logprobs, entropy and hidden; T <= MAX_TOKENS; logprobs finite and <= LOGPROB_TOL;
-    token ids >= 0; entropy and hidden finite. `verdicts` needs len(details) == len(rewards).
+    token ids >= 0; entropy and hidden finite. The shapes are checked per sample, the
+    values for the whole group at once (each array kind concatenated, a few reductions in
+    all); when those fail the samples are checked one by one, so the error names the first
+    bad sample. `verdicts` needs len(details) == len(rewards).
   * `make` builds + validates (a bad build is a programming error and raises at once);
     `encode` = validate + pack, `decode` = unpack + validate. The transport uses these.
 
@@ -48,6 +51,8 @@ def _fail(path: str, expected: str, got: object, code: str = "bad_field") -> Pro
 
 
 def _is_int(v: object) -> bool:
+    if type(v) is int:  # the common case, decided at once
+        return True
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
@@ -62,13 +67,16 @@ class Spec:
 
 
 class Str(Spec):
-    __slots__ = ("lo", "hi", "choices", "max_bytes")
+    __slots__ = ("lo", "hi", "choices", "max_bytes", "_any")
 
     def __init__(self, lo: int = 0, hi: int | None = None, choices: tuple[str, ...] | None = None,
                  max_bytes: int | None = None):
         self.lo, self.hi, self.choices, self.max_bytes = lo, hi, choices, max_bytes
+        self._any = lo == 0 and hi is None and choices is None and max_bytes is None  # any str will do
 
     def check(self, v, path):
+        if self._any and type(v) is str:
+            return v
         if not isinstance(v, str):
             raise _fail(path, "str", v)
         if self.choices is not None and v not in self.choices:
@@ -230,21 +238,23 @@ class FreeMap(Spec):
 class Struct(Spec):
     """Map with exactly these fields (nullable ones may be absent); `post` runs cross-field checks."""
 
-    __slots__ = ("fields", "post")
+    __slots__ = ("fields", "post", "_names", "_items")
 
     def __init__(self, fields: dict[str, Spec], post=None):
         self.fields, self.post = fields, post
+        self._names = frozenset(fields)
+        self._items = tuple((name, spec, "." + name) for name, spec in fields.items())  # hot loop: no f-strings
 
     def check(self, v, path):
         if not isinstance(v, dict):
             raise _fail(path, "map", v)
-        unknown = [k for k in v if k not in self.fields]
-        if unknown:
+        if not self._names.issuperset(v):
+            unknown = [k for k in v if k not in self.fields]
             raise ProtocolError("bad_field", f"{path}: unknown field(s) {sorted(map(str, unknown))}")
         out = {}
-        for name, spec in self.fields.items():
+        for name, spec, suffix in self._items:
             if name in v:
-                out[name] = spec.check(v[name], f"{path}.{name}")
+                out[name] = spec.check(v[name], path + suffix)
             elif spec.nullable:
                 out[name] = None
             else:
@@ -262,13 +272,15 @@ _F16_EXP = 0x7C00  # float16 exponent bits; all set <=> inf or NaN
 
 def _all_finite(a: np.ndarray) -> bool:
     """True when no inf/NaN in a non-empty float array (fast paths: np.isfinite on
-    float16 is ~4x slower than testing the exponent bits; NaN propagates through min/max)."""
+    float16 is ~4x slower than testing the exponent bits; NaN propagates through min/max,
+    whose Python floats math.isfinite tests cheaper than np.isfinite does numpy scalars)."""
     if a.dtype == np.float16:
         return not ((a.view(np.uint16) & _F16_EXP) == _F16_EXP).any()
-    return bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+    return math.isfinite(float(a.min())) and math.isfinite(float(a.max()))
 
 
 def _check_sample(s: dict, path: str) -> None:
+    """Shapes of one sample (its values: `_check_rollout`)."""
     ids, lp, ent, hid = s["token_ids"], s["logprobs"], s["entropy"], s["hidden"]
     t = ids.shape[0]  # T
     if t > MAX_TOKENS:
@@ -279,7 +291,12 @@ def _check_sample(s: dict, path: str) -> None:
         if a is not None and a.shape[0] != t:
             raise ProtocolError("bad_array", f"{path}.{name}: expected length T={t} (token_ids), "
                                              f"got shape {list(a.shape)}")
-    if t == 0:
+
+
+def _check_sample_values(s: dict, path: str) -> None:
+    """Values of one sample whose shapes passed `_check_sample`."""
+    ids, lp, ent, hid = s["token_ids"], s["logprobs"], s["entropy"], s["hidden"]
+    if ids.shape[0] == 0:
         return
     if int(ids.min()) < 0:
         raise ProtocolError("bad_array", f"{path}.token_ids: expected ids >= 0, got min {int(ids.min())}")
@@ -292,6 +309,37 @@ def _check_sample(s: dict, path: str) -> None:
     for name, a in (("entropy", ent), ("hidden", hid)):
         if a is not None and a.size and not _all_finite(a):
             raise ProtocolError("bad_array", f"{path}.{name}: expected finite values, got non-finite")
+
+
+def _joined(samples: list[dict], field: str, ndim: int = 1) -> np.ndarray | None:
+    """The field's values of every sample that has it, flat in one array (None: no values)."""
+    parts = [a for s in samples if (a := s[field]) is not None]
+    if not parts:
+        return None
+    out = np.concatenate(parts if ndim == 1 else [a.reshape(-1) for a in parts])
+    return out if out.size else None
+
+
+def _values_ok(samples: list[dict]) -> bool:
+    """True iff `_check_sample_values` passes for every sample (concatenating is exact:
+    int32 stays int32, float16 entropy joined with float32 becomes float32 and keeps inf/NaN)."""
+    ids = _joined(samples, "token_ids")
+    if ids is None:
+        return True  # every T is 0: nothing to check (as per sample)
+    lp = _joined(samples, "logprobs")  # same length as ids: not None
+    lo, hi = float(lp.min()), float(lp.max())  # NaN propagates through both
+    if int(ids.min()) < 0 or not (math.isfinite(lo) and math.isfinite(hi)) or hi > LOGPROB_TOL:
+        return False
+    return all(a is None or _all_finite(a) for a in (_joined(samples, "entropy"), _joined(samples, "hidden", ndim=2)))
+
+
+def _check_rollout(m: dict, path: str) -> None:
+    samples = m["samples"]
+    if _values_ok(samples):
+        return
+    for i, s in enumerate(samples):
+        _check_sample_values(s, f"{path}.samples[{i}]")
+    raise AssertionError("the group's values failed but no sample's did")  # pragma: no cover
 
 
 def _check_prompt(p: dict, path: str) -> None:
@@ -372,7 +420,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
                       "data": Opt(Bin(MAX_WEIGHTS_CHUNK))},
 }
 ATTACHMENTS = {"weights_chunk": ("data", MAX_WEIGHTS_CHUNK)}  # kind -> (field, max bytes) of its raw frame
-_POSTS = {"verdicts": _check_verdicts}
+_POSTS = {"verdicts": _check_verdicts, "rollout_group": _check_rollout}
 _STRUCTS = {k: Struct({**ENVELOPE, **f}, post=_POSTS.get(k)) for k, f in SCHEMAS.items()}
 
 # ----------------------------------------------------------------------------- API

@@ -1,18 +1,24 @@
 """asyncio ZeroMQ endpoints with heartbeats on the data sockets (DESIGN §1, §2).
 
 What it does:
-* `RouterEndpoint` (learner side, binds): receives `(peer identity, message)`; a frame
-  that fails decoding is answered with an `error` message, counted in `bad_messages`, and
-  skipped — it never raises into the caller's loop. Sends never wait: a message for a
-  peer whose queue is full (a peer that stopped reading) is dropped and counted in
-  `dropped_sends`, so one stuck or hostile peer cannot block the learner's event loop.
+* `RouterEndpoint` (learner side, binds): receives `(peer identity, message)`, one at a
+  time (`recv`) or as a batch (`recv_batch`: waits for the first message, then takes what
+  is already queued without waiting, up to a limit); a frame that fails decoding is
+  answered with an `error` message, counted in `bad_messages`, and skipped — it never
+  raises into the caller's loop. Sends never wait: a message for a peer whose queue is
+  full (a peer that stopped reading) is dropped and counted in `dropped_sends`, so one
+  stuck or hostile peer cannot block the learner's event loop. Inside `hold()` sends are
+  queued and leave when the outermost `hold` exits without an exception (the hub holds
+  its replies until the ledger transaction they depend on has committed); raw-frame
+  attachments (weights chunks, no ledger state) are never held.
 * Both sockets refuse frames over `MAX_MESSAGE_BYTES` inside ZeroMQ (`ZMQ_MAXMSGSIZE`:
   the sending peer is disconnected), so an over-size message is never even read.
 * `DealerEndpoint` (actor / verifier side, connects): sends and receives validated
   messages; a background task sends `heartbeat` when nothing else was sent for
   `heartbeat_s`, and `silent_for()` tells how long the learner has been quiet so the
   service can reconnect.
-Every message goes through `protocol.messages.encode/decode` (msgpack, no pickle). A kind
+Every message received goes through `protocol.messages.decode` (msgpack, no pickle); every
+message sent is built by `messages.make` (validated once) and packed. A kind
 listed in `messages.ATTACHMENTS` (weights_chunk) may carry one raw byte frame after the
 message frame: sent zero-copy from the sender's buffer, received without a copy (the field
 holds a memoryview of the frame), never packed into msgpack, bounded in size.
@@ -27,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from types import TracebackType
 
 import zmq
 import zmq.asyncio
 
 from protocol import messages
-from protocol.codec import MAX_MESSAGE_BYTES, ProtocolError
+from protocol.codec import MAX_MESSAGE_BYTES, ProtocolError, pack
 
 LINGER_MS = 0  # closing never blocks on unsent messages
 HWM = 10_000  # high-water mark per socket (messages)
@@ -47,6 +54,27 @@ def _socket(ctx: zmq.asyncio.Context, kind: int) -> zmq.asyncio.Socket:
     return sock
 
 
+class _Hold:
+    """`RouterEndpoint.hold()`: nested holds join the outermost, which sends what was queued
+    when it exits normally and discards it when it exits with an exception."""
+
+    def __init__(self, ep: "RouterEndpoint"):
+        self.ep = ep
+
+    def __enter__(self) -> None:
+        self.ep._hold_depth += 1
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        ep = self.ep
+        ep._hold_depth -= 1
+        if ep._hold_depth == 0:
+            held, ep._held = ep._held, []
+            if exc_type is None:
+                for identity, payload in held:
+                    ep._send_frames(identity, [identity, payload], copy=True)
+        return False
+
+
 class RouterEndpoint:
     """The learner's bound ROUTER socket."""
 
@@ -55,6 +83,9 @@ class RouterEndpoint:
         self.sock = _socket(self.ctx, zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.bind(address)
+        # the same socket without asyncio futures: non-blocking receives of what is already
+        # queued and non-blocking sends (pyzmq's asyncio socket does the same internally)
+        self._sync = zmq.Socket.shadow(self.sock.underlying)
         self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.name = name
         self._seq = itertools.count()
@@ -62,39 +93,71 @@ class RouterEndpoint:
         self.dropped_sends = 0  # messages dropped because the peer's queue was full
         self.last_sent: dict[bytes, float] = {}
         self.unreachable: set[bytes] = set()  # peers a send found disconnected
+        self._hold_depth = 0
+        self._held: list[tuple[bytes, bytes]] = []  # (identity, payload) queued inside hold()
 
     async def recv(self) -> tuple[bytes, dict]:
         """Next valid message; garbage is answered with `error` and skipped."""
         while True:
-            frames = await self.sock.recv_multipart()
-            if len(frames) != 2:
-                self.bad_messages += 1
-                if frames:
-                    await self._reply_error(frames[0], "bad_frames", f"expected 1 payload frame, got {len(frames) - 1}")
-                continue
-            identity, payload = frames
-            try:
-                return identity, messages.decode(payload)
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                await self._reply_error(identity, exc.code, str(exc))
+            item = self._decode(await self.sock.recv_multipart())
+            if item is not None:
+                return item
 
-    async def _reply_error(self, identity: bytes, code: str, text: str) -> None:
-        await self.send(identity, "error", code=code, message=text[:1000])
+    async def recv_batch(self, limit: int) -> list[tuple[bytes, dict]]:
+        """Wait for one message, then take up to `limit` - 1 more that are already queued
+        (never waiting for them); the valid ones in arrival order (garbage is answered with
+        `error` and skipped, so the list may be empty)."""
+        got = [await self.sock.recv_multipart()]
+        while len(got) < limit:
+            try:
+                got.append(self._sync.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return [item for item in map(self._decode, got) if item is not None]
+
+    def _decode(self, frames: list[bytes]) -> tuple[bytes, dict] | None:
+        if len(frames) != 2:
+            self.bad_messages += 1
+            if frames:
+                self._reply_error(frames[0], "bad_frames", f"expected 1 payload frame, got {len(frames) - 1}")
+            return None
+        identity, payload = frames
+        try:
+            return identity, messages.decode(payload)
+        except ProtocolError as exc:
+            self.bad_messages += 1
+            self._reply_error(identity, exc.code, str(exc))
+            return None
+
+    def _reply_error(self, identity: bytes, code: str, text: str) -> None:
+        self._send(identity, "error", None, {"code": code, "message": text[:1000]})
+
+    def hold(self) -> _Hold:
+        """Queue sends made inside; they leave when the outermost hold exits normally."""
+        return _Hold(self)
 
     async def send(self, identity: bytes, kind: str, attachment: bytes | None = None, **fields) -> bool:
         """Send to one peer without waiting (`attachment`: the raw frame of an ATTACHMENTS kind,
-        sent zero-copy). False when the message was dropped: the peer is gone (disconnected;
-        its identity goes into `unreachable` for the owner's liveness sweep) or its queue is
-        full (counted in `dropped_sends`; leases re-send real work, a weights fetch asks again)."""
-        msg = messages.make(kind, self.name, next(self._seq), **fields)
-        frames = [identity, messages.encode(msg)]
+        sent zero-copy, never held). False when the message was dropped: the peer is gone
+        (disconnected; its identity goes into `unreachable` for the owner's liveness sweep) or
+        its queue is full (counted in `dropped_sends`; leases re-send real work, a weights
+        fetch asks again). Inside `hold()`: queued, True."""
+        return self._send(identity, kind, attachment, fields)
+
+    def _send(self, identity: bytes, kind: str, attachment: bytes | None, fields: dict) -> bool:
+        payload = pack(messages.make(kind, self.name, next(self._seq), **fields))  # make validates
         if attachment is not None:
             if kind not in messages.ATTACHMENTS or len(attachment) > messages.ATTACHMENTS[kind][1]:
                 raise ValueError(f"{kind} cannot carry an attachment of {len(attachment)} bytes")
-            frames.append(attachment)
+            return self._send_frames(identity, [identity, payload, attachment], copy=False)
+        if self._hold_depth:
+            self._held.append((identity, payload))
+            return True
+        return self._send_frames(identity, [identity, payload], copy=True)
+
+    def _send_frames(self, identity: bytes, frames: list, copy: bool) -> bool:
         try:
-            await self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=attachment is None)
+            self._sync.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             self.dropped_sends += 1
             return False
@@ -159,8 +222,8 @@ class DealerEndpoint:
                 await self.send("heartbeat")
 
     async def send(self, kind: str, **fields) -> None:
-        msg = messages.make(kind, self.name, next(self._seq), **fields)
-        await self.sock.send(messages.encode(msg))
+        msg = messages.make(kind, self.name, next(self._seq), **fields)  # validates
+        await self.sock.send(pack(msg))
         self.last_sent = time.monotonic()
 
     async def send_raw(self, payload: bytes) -> None:

@@ -137,6 +137,10 @@ def test_unknown_ext_types_rejected():
     raises("not_msgpack", msgpack.packb({"a": msgpack.ExtType(7, b"abc")}), "ext type 7")
     raises("not_msgpack", b"\x91\xd6\xff" + bytes(4), "ext type -1")  # [timestamp 0]
     raises("not_msgpack", msgpack.packb({"x": [1, {"y": msgpack.Timestamp(5)}]}), "timestamp")
+    raises("not_msgpack", msgpack.packb([msgpack.ExtType(7, b"abcd")]), "ext type 7")  # fixext4
+    raises("not_msgpack", b"\x91\xc7\x28\xfe" + b"x" * 40, "ext type -2")  # [ext8 of type -2]
+    raises("not_msgpack", b"\x91\xd6", "ends early")  # a fixext cut before its type byte
+    raises("bad_array", msgpack.packb(msgpack.ExtType(ARRAY_EXT, b"abcd")), "not valid msgpack")  # fixext of the array type
 
 
 @pytest.mark.parametrize("data, word", [

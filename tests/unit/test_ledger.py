@@ -95,7 +95,8 @@ def test_in_flight_count_matches_counts(tmp_path):
 
 
 def test_in_flight_count_kept_in_memory_matches_the_table(tmp_path):
-    """The hot-path counter agrees with a COUNT over the table after every kind of transition."""
+    """The hot-path counters (in_flight_count, totals) agree with COUNTs over the table after
+    every kind of transition."""
     import random
 
     from learner.ledger import Ledger
@@ -114,9 +115,18 @@ def test_in_flight_count_kept_in_memory_matches_the_table(tmp_path):
             if roll < 0.5:
                 led.trained([item], version=i % 5)
         assert led.in_flight_count() == led._count_in_flight()
+        assert led.totals() == _buckets(led)
     led.rewind(after_version=2)
     assert led.in_flight_count() == led._count_in_flight() and led.get_meta("cursor") == "60"
+    assert led.totals() == _buckets(led) and led.totals()["trained"] > 0
     led.drop("p0@0", "again")  # already dropped: no change
-    assert led.in_flight_count() == led._count_in_flight()
+    assert led.in_flight_count() == led._count_in_flight() and led.totals() == _buckets(led)
+    totals = led.totals()
     led.close()
-    assert Ledger(tmp_path / "l.sqlite").in_flight_count() == led.in_flight_count()
+    again = Ledger(tmp_path / "l.sqlite")
+    assert again.in_flight_count() == totals["in_flight"] and again.totals() == totals
+
+
+def _buckets(led) -> dict[str, int]:
+    c = led.counts()
+    return {k: c[k] for k in ("dispatched", "trained", "dropped", "in_flight")}

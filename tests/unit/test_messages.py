@@ -384,3 +384,42 @@ def test_weights_chunk_limits():
         make("weights_fetch", "a", 0, version=1, file="m", offset=0, length=MAX_WEIGHTS_RANGE + 1)
     with pytest.raises(ProtocolError, match="data"):
         make("weights_chunk", "learner", 0, version=1, file="m", offset=0, size=1, data="not bytes")
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("token_ids", -1, [">= 0", "min -1"]),
+    ("logprobs", np.nan, ["finite"]),
+    ("logprobs", -np.inf, ["finite"]),
+    ("logprobs", 0.01, ["<= 0"]),
+    ("entropy", np.inf, ["finite"]),
+    ("hidden", np.nan, ["finite"]),
+])
+def test_group_value_checks_name_the_bad_sample(field, value, words):
+    """Sample values are checked for the whole group at once; a bad value in any sample of a
+    large group is still rejected, naming that sample and field."""
+    for bad in (0, 5, 11):
+        samples = [sample(t=1 + i % 7, entropy_dtype=("float16", "float32")[i % 2], hidden=i % 3 != 0)
+                   for i in range(12)]
+        samples[bad]["hidden"] = RNG.standard_normal((samples[bad]["token_ids"].shape[0], 4)).astype(np.float16)
+        samples[bad][field][-1] = value
+        fields = {**valid("rollout_group"), "samples": samples}
+        with pytest.raises(ProtocolError) as ei:
+            make("rollout_group", "peer", 1, **fields)
+        assert ei.value.code == "bad_array" and f"rollout_group.samples[{bad}].{field}" in str(ei.value), ei.value
+        for w in words:
+            assert w in str(ei.value), (w, str(ei.value))
+
+
+def test_group_of_mixed_samples_round_trips():
+    """Entropy in float16 and float32, with and without hidden states, empty samples: valid
+    together, and decoded arrays are writable copies with the sent values."""
+    samples = [sample(t=i % 5, entropy_dtype=("float16", "float32")[i % 2], hidden=i % 2 == 0) for i in range(16)]
+    out = decode(encode(make("rollout_group", "peer", 1, **{**valid("rollout_group"), "samples": samples})))
+    assert len(out["samples"]) == 16
+    for got, sent in zip(out["samples"], samples):
+        for name in ("token_ids", "logprobs", "entropy", "hidden"):
+            if sent[name] is None:
+                assert got[name] is None
+                continue
+            assert got[name].dtype == sent[name].dtype and np.array_equal(got[name], sent[name])
+            assert got[name].flags.writeable

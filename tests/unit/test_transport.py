@@ -157,3 +157,53 @@ async def test_an_unexpected_extra_frame_is_counted_as_bad():
     finally:
         dealer.close()
         router.close()
+
+
+async def test_recv_batch_takes_what_is_queued_in_order_and_skips_garbage():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    dealer = DealerEndpoint(router.address, "actor-b", heartbeat_s=10)
+    try:
+        for i in range(5):
+            await dealer.send("work_request", slots=i + 1)
+        await dealer.send_raw(b"\xc1 garbage")
+        await dealer.send("heartbeat")
+        got: list = []
+        while len(got) < 6:  # all seven are queued soon; a batch never waits for more
+            got += await asyncio.wait_for(router.recv_batch(100), 5)
+        assert [m["kind"] for _, m in got] == ["work_request"] * 5 + ["heartbeat"]
+        assert [m["slots"] for _, m in got[:5]] == [1, 2, 3, 4, 5] and router.bad_messages == 1
+        assert (await dealer.recv(timeout=5))["code"] == "not_msgpack"
+        for i in range(3):
+            await dealer.send("work_request", slots=1)
+        seen = 0
+        while seen < 3:
+            batch = await asyncio.wait_for(router.recv_batch(2), 5)
+            assert 1 <= len(batch) <= 2  # the limit holds
+            seen += len(batch)
+    finally:
+        dealer.close()
+        router.close()
+
+
+async def test_hold_sends_at_the_outermost_exit_and_drops_on_error():
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    dealer = DealerEndpoint(router.address, "actor-h", heartbeat_s=10)
+    try:
+        await dealer.send("heartbeat")
+        identity, _ = await asyncio.wait_for(router.recv(), 5)
+        with router.hold():
+            await router.send(identity, "ack", ids=["a"])
+            with router.hold():
+                await router.send(identity, "ack", ids=["b"])
+            assert await dealer.recv(timeout=0.3) is None  # nothing left while held
+        assert (await dealer.recv(timeout=5))["ids"] == ["a"]
+        assert (await dealer.recv(timeout=5))["ids"] == ["b"]
+        with pytest.raises(RuntimeError):
+            with router.hold():
+                await router.send(identity, "ack", ids=["lost"])
+                raise RuntimeError("the ledger commit failed")
+        await router.send(identity, "ack", ids=["c"])
+        assert (await dealer.recv(timeout=5))["ids"] == ["c"]  # the held one was discarded
+    finally:
+        dealer.close()
+        router.close()
