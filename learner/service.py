@@ -155,6 +155,21 @@ def write_summary(run_dir: Path, state: dict, hub: Hub, reason: S.StopReason, tr
     return summary
 
 
+def open_ledger(run_dir: Path, state: dict, resume: bool) -> tuple[Ledger, list[str]]:
+    """The run's ledger and, on resume, the items to re-dispatch: rows past the checkpoint
+    rewound, and `state["version"]` moved to the version the checkpoint is published as."""
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    if not resume:
+        return ledger, []
+    rewound = ledger.rewind(state["version"])
+    parked = ledger.resume()
+    version = resume_version(run_dir / "weights", state["version"])
+    log.info("resuming at step %d (checkpoint v%d, published as v%d): %d rows rewound, %d re-dispatched",
+             state["step"], state["version"], version, rewound, len(parked))
+    state["version"] = version
+    return ledger, parked
+
+
 async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     torch.set_num_threads(cfg.learner.threads)
     torch.manual_seed(cfg.learner.seed)
@@ -165,15 +180,7 @@ async def serve(cfg, run_dir: Path, resume: bool) -> dict:
     (run_dir / "prompt_format.json").write_text(
         json.dumps(format_record(prompts, tok, source, state["save_dtype"]), indent=2))
     train_rows, heldout_rows = prompts.train, prompts.heldout
-    ledger = Ledger(run_dir / "ledger.sqlite")
-    parked = []
-    if resume:
-        rewound = ledger.rewind(state["version"])
-        parked = ledger.resume()
-        version = resume_version(run_dir / "weights", state["version"])
-        log.info("resuming at step %d (checkpoint v%d, published as v%d): %d rows rewound, %d re-dispatched",
-                 state["step"], state["version"], version, rewound, len(parked))
-        state["version"] = version
+    ledger, parked = open_ledger(run_dir, state, resume)
     metrics_server, _ = start_http_server(cfg.hub.metrics_port, addr=cfg.hub.metrics_addr)
     monitor = StallMonitor(cfg.monitor)
     inbox = WatchedInbox(monitor, lambda: state["version"], cfg.loss.max_lag)
