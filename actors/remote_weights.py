@@ -63,6 +63,20 @@ class RemoteWeights:
         self.hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fetch-hash")
         self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fetch-write")
 
+    def route(self, msg: dict) -> bool:
+        """Hand a fetch what is meant for it: a `weights_chunk`, or the learner's `error`
+        `weights_unavailable` (fails the fetch now instead of at its timeout). True if taken."""
+        if msg["kind"] == "weights_chunk" or (msg["kind"] == "error" and msg["code"] == "weights_unavailable"):
+            self.chunks.put_nowait(msg)
+            return True
+        return False
+
+    async def pump(self, recv) -> None:
+        """Route every message `recv()` returns, for an endpoint that only fetches (the
+        benchmark's and the tests' actors; the actor service routes from its own dispatch)."""
+        while True:
+            self.route(await recv())
+
     async def _request(self, version: int, name: str, offset: int) -> None:
         await self.send("weights_fetch", version=version, file=name, offset=offset, length=RANGE_BYTES)
 

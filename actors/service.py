@@ -111,13 +111,13 @@ class Actor:
         elif kind in ("work", "weights_published"):
             self.enqueue(msg)
         elif kind == "weights_chunk" and self.remote is not None:
-            self.remote.chunks.put_nowait(msg)
+            self.remote.route(msg)
         elif kind == "run_over" and msg["run_id"] in (self.run_id, None):
             log.info("learner says the run is over (%s): %s; exiting", msg["reason"], msg["message"])
             self.stopping.set()
         elif kind == "error":
-            if msg["code"] == "weights_unavailable" and self.remote is not None:
-                self.remote.chunks.put_nowait(msg)  # fails the fetch now instead of at its timeout
+            if self.remote is not None:
+                self.remote.route(msg)  # weights_unavailable fails a fetch now instead of at its timeout
             ERRORS.labels(msg["code"]).inc()
             log.warning("learner says %s: %s", msg["code"], msg["message"])
             if msg["code"] == "not_registered":  # the learner restarted or dropped us: join again

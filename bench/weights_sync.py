@@ -150,13 +150,7 @@ async def fetch_worker(address: str, version: int, manifest_sha256: str, into: P
     remote = RemoteWeights(into, ep.send)
     await ep.send("hello", role="actor", name="bench-actor", capabilities={})
 
-    async def pump():
-        while True:
-            msg = await ep.recv()
-            if msg["kind"] in ("weights_chunk", "error"):
-                remote.chunks.put_nowait(msg)
-
-    reader = asyncio.get_running_loop().create_task(pump())
+    reader = asyncio.get_running_loop().create_task(remote.pump(ep.recv))
     t = time.perf_counter()
     await remote.fetch(version, manifest_sha256)
     seconds = time.perf_counter() - t

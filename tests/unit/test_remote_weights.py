@@ -33,13 +33,7 @@ async def _fetch(tmp_path, corrupt: bool = False):
     remote = RW.RemoteWeights(tmp_path / "fetched", ep.send)
     await ep.send("hello", role="actor", name="remote-actor", capabilities={})
 
-    async def pump():
-        while True:
-            msg = await ep.recv()
-            if msg["kind"] in ("weights_chunk", "error"):
-                remote.chunks.put_nowait(msg)
-
-    reader = asyncio.get_running_loop().create_task(pump())
+    reader = asyncio.get_running_loop().create_task(remote.pump(ep.recv))
     try:
         return info, await remote.fetch(1, info["manifest_sha256"]), remote
     finally:
