@@ -26,13 +26,15 @@ STEPS = 40
 # last-10 0.194; at 2e-4 0.100 -> 0.154); at 3e-4 it dips first (CI: 0.070 -> 0.090).
 LR = 1e-4
 RUN_TIMEOUT_S = 1200
-# Held-out: the mean of EVAL_K samples a prompt on the same 200 prompts before and after, a
-# paired measure (same prompts, 1,600 samples each; the "before" value of three runs of one
-# model: 0.124, 0.118, 0.119). Measured on 40-step runs: 0.124 -> 0.163 and 0.118 -> 0.159;
-# the reward of the training steps, first 10 vs last 10, rose +0.033 to +0.090 over five runs
-# (too noisy for a +0.04 bound: one CI run failed it at +0.033).
+# Measured on five 40-step runs of this config with full steps (16 groups each; three with the
+# remote actor and the probes, two without): the training reward (every verified sample),
+# last 10 steps minus first 10, rose +0.048, +0.068, +0.068, +0.080, +0.084 (with the old trainer's
+# 11.7 groups a step: +0.033 .. +0.090, and a CI run failed a +0.04 bound); held-out accuracy,
+# the mean of EVAL_K samples on each of the same 200 prompts before and after (a paired
+# measure: "before" of one model in three runs 0.124, 0.118, 0.119), rose +0.062, +0.063,
+# +0.065, +0.076 and once only +0.013, so its bound is the sign.
 EVAL_K = 8
-HELDOUT_GAIN = 0.02
+REWARD_RISE = 0.03
 
 
 def _probe_socket(address: str, name: str) -> zmq.Socket:
@@ -118,18 +120,18 @@ def test_run_completes_with_its_budget(finished_run):
 
 
 def test_heldout_accuracy_rises(finished_run):
-    """Mean accuracy of EVAL_K samples on each of the same 200 held-out prompts, before vs after."""
+    """Mean accuracy of EVAL_K samples on each of the same 200 held-out prompts, after > before."""
     s = finished_run["summary"]
     before, after = s["heldout_accuracy_before"], s["heldout_accuracy_after"]
-    assert after >= before + HELDOUT_GAIN, f"held-out accuracy did not rise: {before:.3f} -> {after:.3f}"
+    assert after > before, f"held-out accuracy did not rise: {before:.3f} -> {after:.3f}"
 
 
-def test_training_reward_does_not_fall(finished_run):
-    """Reward of every verified sample (groups without signal included) per step: the last 10
-    steps not below the first 10 (measured rises +0.033 .. +0.090; the bound is the sign)."""
+def test_training_reward_rises(finished_run):
+    """Reward of every verified sample (groups without signal included) per step: the mean of
+    the last 10 steps at least REWARD_RISE above the first 10."""
     rewards = [r["reward_mean"] for r in finished_run["rows"]]
     first, last = float(np.mean(rewards[:10])), float(np.mean(rewards[-10:]))
-    assert last >= first, f"training reward fell: first 10 steps {first:.3f}, last 10 steps {last:.3f}"
+    assert last >= first + REWARD_RISE, f"training reward did not rise: first 10 steps {first:.3f}, last 10 {last:.3f}"
 
 
 def test_every_step_trains_a_full_batch(finished_run):
