@@ -18,9 +18,13 @@ generated samples that were trained, busy fractions from the run's own timings (
 Σ of its step phases except collect and eval; actors: generate seconds; verifier: seconds
 with a job in progress; loop: its own phases), and the ratios against `loop`.
 `--repeats 2` runs the arms twice, the second time in reverse order (drift shows as the
-spread between repeats, printed). Results: `bench/results/pipeline.json`.
+spread between repeats, printed). `--seeds 0,1,2` makes repeat r run every arm with
+`learner.seed = seeds[r]` (data order and initial torch state): the loop is deterministic, so
+same-seed repeats only resample its timing, while one seed's held-out curve can cross the
+target early or late by luck of one evaluation; the seeds are paired across arms (same data
+order) and the per-seed ratios are printed too. Results: `bench/results/pipeline.json`.
 
-    .venv/bin/python bench/pipeline.py [--arms loop,lag0,lag1,lag2] [--repeats 1] \
+    .venv/bin/python bench/pipeline.py [--arms loop,lag0,lag1,lag2] [--repeats 1 | --seeds 0,1,2] \
         [--gain 0.10] [--set learner.eval_every=5 ...] [--out runs/bench-pipeline]
 
 Does NOT: run arms concurrently (they would share the cores), or count model loading and
@@ -377,12 +381,25 @@ def report(arms: dict[str, dict], gain: float) -> dict:
             "trained_over_generated": {k: r["trained_over_generated"] for k, r in arms.items()}}
 
 
+def paired_ratios(results: dict[str, list[dict]], seeds: list) -> dict:
+    """{arm: [time to target / the loop's, per repeat]} (None where either never reached it); printed."""
+    loop = next((v for k, v in results.items() if k.startswith("loop")), None)
+    if not loop:
+        return {}
+    out = {k: [ratio(r["time_to_target_s"], lr["time_to_target_s"]) for r, lr in zip(rs, loop)]
+           for k, rs in results.items() if not k.startswith("loop")}
+    for k, rs in out.items():
+        print(f"{k} / loop per repeat (seeds {seeds}):", ", ".join(f"{x:.2f}x" if x else "-" for x in rs))
+    return out
+
+
 def main() -> None:
     global BOOTSTRAP
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arms", default="loop,lag0,lag1,lag2", help="comma list: loop, lagK, or name:key=value,... "
                     "(use ';' between arms when an arm has several overrides)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--seeds", help="comma list of learner seeds, one repeat each (overrides --repeats)")
     ap.add_argument("--gain", type=float, default=0.10)
     ap.add_argument("--set", action="append", default=[], help="override for every arm (section.key=value)")
     ap.add_argument("--out", default="runs/bench-pipeline")
@@ -399,18 +416,22 @@ def main() -> None:
     BOOTSTRAP = Path(args.bootstrap_dir).resolve()
     specs = [parse_arm(s) for s in re.split(r"[;]" if ";" in args.arms else r",", args.arms) if s]
     base = DEFAULT_SETS + args.set
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None] * args.repeats
     results: dict[str, list[dict]] = {name: [] for name, _ in specs}
-    for rep in range(args.repeats):
+    for rep, seed in enumerate(seeds):
+        seed_sets = [] if seed is None else [f"learner.seed={seed}"]
         for name, sets in (specs if rep % 2 == 0 else specs[::-1]):
             run_dir = Path(args.out) / f"{name}-r{rep}"
-            print(f"[{time.strftime('%H:%M:%S')}] {name} (repeat {rep}) load {os.getloadavg()[0]:.1f}", flush=True)
-            seconds = run_arm(name, sets, base, run_dir, args.gain, args.before_tree)
+            print(f"[{time.strftime('%H:%M:%S')}] {name} (repeat {rep}, seed {seed}) load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+            seconds = run_arm(name, sets + seed_sets, base, run_dir, args.gain, args.before_tree)
             results[name].append(summarise(name, run_dir, args.gain, seconds))
             print(json.dumps(results[name][-1]), flush=True)
     arms = {name: combine(rs) for name, rs in results.items()}
     summary = report(arms, args.gain)
+    summary["paired_ratio_vs_loop"] = paired_ratios(results, seeds)
     out = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]), "gain": args.gain,
-           "base_sets": base, "arms": arms, "repeats": {k: v for k, v in results.items()},
+           "base_sets": base, "seeds": seeds, "arms": arms, "repeats": {k: v for k, v in results.items()},
            "loadavg_end": os.getloadavg(), **summary}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

@@ -3,7 +3,9 @@
 What it does: one JSON object per line, `{"id": str, "prompt": str, "meta": {...}}`.
 `meta` holds what only verifiers may see (answer, tests, reference solution); the learner
 passes it through untouched and actors never receive it. `read_jsonl` validates every
-row and names the line of the first bad one.
+row and names the line of the first bad one. `json_objects` is the one line reader every
+JSONL file of the project goes through (prompt files here, a task's own files and a user's
+data files in verifiers/tasks): blank lines skipped, each error names `file:line`.
 
 What it does not do: no streaming of huge files (rows are held in memory), no schema for
 `meta` (each task's scorer owns its own).
@@ -12,6 +14,7 @@ What it does not do: no streaming of huge files (rows are held in memory), no sc
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 MAX_PROMPT_CHARS = 65_536  # matches the wire limit on prompt text
@@ -37,25 +40,34 @@ def check_row(row: object, where: str) -> dict:
     return row
 
 
-def read_jsonl(path: str | Path, lines: list[int] | None = None) -> list[dict]:
-    """Validated rows of a prompt file; `lines`, if given, receives each row's 1-based line number."""
-    rows, seen = [], set()
+def json_objects(path: str | Path, error: type[Exception] = DatasetError) -> Iterator[tuple[int, str, dict]]:
+    """(1-based line number, "file:line", object) of every non-blank line of a JSONL file.
+    A line that is not JSON, or not a JSON object, raises `error` naming file:line."""
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+        for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
+            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: not JSON: {exc.msg}") from None
-            row = check_row(row, where)
-            if row["id"] in seen:
-                raise DatasetError(f"{where}: duplicate id {row['id']!r}")
-            seen.add(row["id"])
-            rows.append(row)
-            if lines is not None:
-                lines.append(n)
+                raise error(f"{where}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield lineno, where, row
+
+
+def read_jsonl(path: str | Path, lines: list[int] | None = None) -> list[dict]:
+    """Validated rows of a prompt file; `lines`, if given, receives each row's 1-based line number."""
+    rows, seen = [], set()
+    for n, where, row in json_objects(path):
+        row = check_row(row, where)
+        if row["id"] in seen:
+            raise DatasetError(f"{where}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+        rows.append(row)
+        if lines is not None:
+            lines.append(n)
     if not rows:
         raise DatasetError(f"{path}: no rows")
     return rows

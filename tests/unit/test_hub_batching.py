@@ -15,6 +15,7 @@ from learner.hub import Hub
 from learner.ledger import Ledger
 from protocol.config import parse_config
 from protocol.transport import DealerEndpoint
+from wire import next_of_kind
 
 DIGEST = "d" * 64
 N = 32  # groups in the burst
@@ -24,13 +25,6 @@ def _samples(n: int) -> list[dict]:
     return [{"token_ids": np.array([5, 6, 7], dtype=np.int32), "logprobs": np.array([-0.1, -0.2, -0.3], dtype=np.float32),
              "entropy": np.array([0.5, 0.25, 1.0], dtype=np.float16), "finish_reason": "stop", "text": f"t{i}"}
             for i in range(n)]
-
-
-async def _next(ep: DealerEndpoint, kind: str) -> dict:
-    while True:
-        msg = await asyncio.wait_for(ep.recv(), 10)
-        if msg["kind"] == kind:
-            return msg
 
 
 async def test_replies_and_handoffs_follow_the_commit(tmp_path):
@@ -53,7 +47,7 @@ async def test_replies_and_handoffs_follow_the_commit(tmp_path):
         await actor.send("hello", role="actor", name="a0", capabilities={})
         await actor.send("weights_loaded", version=0, digest=DIGEST, canary_logprob=0.0)
         await actor.send("work_request", slots=N)
-        works = [await _next(actor, "work") for _ in range(N)]
+        works = [await next_of_kind(actor, "work") for _ in range(N)]
         for w in works:  # each work's row was committed before the work left
             assert state(w["work_id"]) == ("dispatched", "a0")
         assert int(committed.execute("SELECT value FROM meta WHERE key='cursor'").fetchone()[0]) == N
@@ -61,9 +55,9 @@ async def test_replies_and_handoffs_follow_the_commit(tmp_path):
             await actor.send("rollout_group", work_id=w["work_id"], prompt_id=w["prompts"][0]["id"], weights_version=0,
                              weights_digest=DIGEST, gen_seconds=0.1, samples=_samples(4))
         for _ in range(N):
-            ack = await _next(actor, "ack")
+            ack = await next_of_kind(actor, "ack")
             assert state(ack["ids"][0])[0] == "generated"
-        jobs = [await _next(verifier, "verify_job") for _ in range(N)]
+        jobs = [await next_of_kind(verifier, "verify_job") for _ in range(N)]
         for job in jobs:  # the verifier's lease was committed before its job left
             assert state(job["job_id"]) == ("generated", "v0")
         for i, job in enumerate(jobs):

@@ -13,6 +13,7 @@ from learner.hub import Hub
 from learner.ledger import Ledger
 from protocol.config import parse_config
 from protocol.transport import DealerEndpoint
+from wire import next_of_kind
 
 DIGEST = "d" * 64
 
@@ -20,13 +21,6 @@ DIGEST = "d" * 64
 def _samples(n: int) -> list[dict]:
     return [{"token_ids": np.array([5, 6], dtype=np.int32), "logprobs": np.array([-0.1, -0.2], dtype=np.float32),
              "finish_reason": "stop", "text": f"t{i}"} for i in range(n)]
-
-
-async def _next(ep: DealerEndpoint, kind: str) -> dict:
-    while True:
-        msg = await asyncio.wait_for(ep.recv(), 10)
-        if msg["kind"] == kind:
-            return msg
 
 
 async def test_screen_drop_continue_merge_and_duplicate(tmp_path):
@@ -43,23 +37,23 @@ async def test_screen_drop_continue_merge_and_duplicate(tmp_path):
         await actor.send("hello", role="actor", name="a0", capabilities={})
         await actor.send("weights_loaded", version=0, digest=DIGEST, canary_logprob=0.0)
         await actor.send("work_request", slots=2)
-        works = [await _next(actor, "work") for _ in range(2)]
+        works = [await next_of_kind(actor, "work") for _ in range(2)]
         assert [w["group_size"] for w in works] == [3, 3] and not any(w["urgent"] for w in works)
         for w, rewards in zip(works, ([0.0, 0.0, 0.0], [0.0, 1.0, 0.0])):
             await actor.send("rollout_group", work_id=w["work_id"], prompt_id=w["prompts"][0]["id"], weights_version=0,
                              weights_digest=DIGEST, gen_seconds=0.1, samples=_samples(3))
-            job = await _next(verifier, "verify_job")
+            job = await next_of_kind(verifier, "verify_job")
             await verifier.send("verdicts", job_id=job["job_id"], rewards=rewards, details=[{}] * 3,
                                 verifier_version="x")
         await actor.send("work_request", slots=2)
-        cont = await _next(actor, "work")  # the mixed screen continues first; the dropped one freed its slot
+        cont = await next_of_kind(actor, "work")  # the mixed screen continues first; the dropped one freed its slot
         assert cont["work_id"] == works[1]["work_id"] + "+" and cont["group_size"] == 5 and cont["urgent"]
         late = dict(work_id=works[1]["work_id"], prompt_id=works[1]["prompts"][0]["id"], weights_version=0,
                     weights_digest=DIGEST, gen_seconds=0.1, samples=_samples(3))
         await actor.send("rollout_group", **late)  # a late copy of the screen: a duplicate now
         await actor.send("rollout_group", work_id=cont["work_id"], prompt_id=cont["prompts"][0]["id"],
                          weights_version=0, weights_digest=DIGEST, gen_seconds=0.1, samples=_samples(5))
-        job = await _next(verifier, "verify_job")
+        job = await next_of_kind(verifier, "verify_job")
         assert job["job_id"] == works[1]["work_id"] and len(job["completions"]) == 5
         await verifier.send("verdicts", job_id=job["job_id"], rewards=[1.0, 0.0, 0.0, 1.0, 0.0], details=[{}] * 5,
                             verifier_version="x")

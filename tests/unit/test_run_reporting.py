@@ -63,7 +63,7 @@ def test_data_files_are_read_before_anything_starts_naming_file_and_line(tmp_pat
     train = tmp_path / "train.jsonl"
     train.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b"}) + "\n{oops\n")
     cfg = parse_config({"task": {"train_file": str(train)}})
-    with pytest.raises(InputError, match=rf"{train}:3: not JSON.*\[task\] train_file"):
+    with pytest.raises(InputError, match=rf"{train}:3: not valid JSON.*\[task\] train_file"):
         check_inputs(cfg)
     with pytest.raises(InputError, match=r"missing\.jsonl: no such file \(\[task\] heldout_file\)"):
         check_inputs(parse_config({"task": {"heldout_file": str(tmp_path / "missing.jsonl")}}))

@@ -8,6 +8,7 @@ import zmq
 from protocol import messages
 from protocol.codec import MAX_MESSAGE_BYTES
 from protocol.transport import DealerEndpoint, RouterEndpoint
+from wire import connected
 
 
 async def test_round_trip_and_garbage_is_answered():
@@ -122,11 +123,7 @@ async def test_an_oversize_frame_is_refused_inside_zeromq():
 
 
 async def test_a_weights_chunk_carries_its_data_as_a_raw_frame():
-    router = RouterEndpoint("tcp://127.0.0.1:0")
-    dealer = DealerEndpoint(router.address, "actor-z", heartbeat_s=10)
-    try:
-        await dealer.send("heartbeat")
-        identity, _ = await asyncio.wait_for(router.recv(), 5)
+    async with connected("actor-z") as (router, dealer, identity):
         data = bytes(range(256)) * 4096  # 1 MiB
         await router.send(identity, "weights_chunk", attachment=data, version=3, file="model.safetensors",
                           offset=0, size=len(data))
@@ -137,26 +134,16 @@ async def test_a_weights_chunk_carries_its_data_as_a_raw_frame():
             raise AssertionError("an ack must not carry an attachment")
         except ValueError:
             pass
-    finally:
-        dealer.close()
-        router.close()
 
 
 async def test_an_unexpected_extra_frame_is_counted_as_bad():
-    router = RouterEndpoint("tcp://127.0.0.1:0")
-    dealer = DealerEndpoint(router.address, "actor-w", heartbeat_s=10)
-    try:
-        await dealer.send("heartbeat")
-        identity, _ = await asyncio.wait_for(router.recv(), 5)
+    async with connected("actor-w") as (router, dealer, identity):
         from protocol import messages
         ack = messages.encode(messages.make("ack", "learner", 0, ids=[]))
         await router.sock.send_multipart([identity, ack, b"extra"])
         await router.send(identity, "heartbeat")
         msg = await dealer.recv(timeout=5)
         assert msg["kind"] == "heartbeat" and dealer.bad_messages == 1
-    finally:
-        dealer.close()
-        router.close()
 
 
 async def test_recv_batch_takes_what_is_queued_in_order_and_skips_garbage():
@@ -186,11 +173,7 @@ async def test_recv_batch_takes_what_is_queued_in_order_and_skips_garbage():
 
 
 async def test_hold_sends_at_the_outermost_exit_and_drops_on_error():
-    router = RouterEndpoint("tcp://127.0.0.1:0")
-    dealer = DealerEndpoint(router.address, "actor-h", heartbeat_s=10)
-    try:
-        await dealer.send("heartbeat")
-        identity, _ = await asyncio.wait_for(router.recv(), 5)
+    async with connected("actor-h") as (router, dealer, identity):
         with router.hold():
             await router.send(identity, "ack", ids=["a"])
             with router.hold():
@@ -204,6 +187,3 @@ async def test_hold_sends_at_the_outermost_exit_and_drops_on_error():
                 raise RuntimeError("the ledger commit failed")
         await router.send(identity, "ack", ids=["c"])
         assert (await dealer.recv(timeout=5))["ids"] == ["c"]  # the held one was discarded
-    finally:
-        dealer.close()
-        router.close()

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.dataset import json_objects
 from verifiers.tasks.jsonl import JsonlError
 
 PROMPT_FIELDS = ("prompt", "question", "problem")
@@ -84,22 +85,6 @@ def _pick(row: dict, given: str, candidates: tuple[str, ...], what: str, where: 
                     f"the row has {sorted(row)}")
 
 
-def _objects(path: Path):
-    """(line number, object) of every non-blank line; errors name the line."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, where, row
-
-
 def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_field: str = "",
               answer_field: str = "", row_meta=None) -> tuple[list[dict], Report]:
     """Prompt rows {"id", "prompt", "meta"} of a user's file, and what reading it found.
@@ -114,7 +99,7 @@ def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_fie
     rows: list[dict] = []
     by_prompt: dict[str, str] = {}  # prompt -> its gold answer / tests
     by_id: dict[str, str] = {}  # id -> prompt
-    for lineno, where, raw in _objects(path):
+    for lineno, where, raw in json_objects(path, DataError):
         pf = _pick(raw, prompt_field, PROMPT_FIELDS, "prompt", where)
         af = _pick(raw, answer_field, candidates, "answer", where)
         report.prompt_field, report.answer_field = pf, af

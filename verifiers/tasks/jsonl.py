@@ -2,7 +2,7 @@
 
 `read_jsonl` validates every row (an object; the required keys present with the required
 types) and fails with the file name and 1-based line number of the first bad row.
-Blank lines are skipped. `write_jsonl` writes rows as UTF-8, one per line, keys in the
+Blank lines are skipped (lines are read by `protocol.dataset.json_objects`). `write_jsonl` writes rows as UTF-8, one per line, keys in the
 given order, and creates parent directories.
 
 Does NOT: know about any task, stream (files are read whole), or coerce types.
@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from protocol.dataset import json_objects
+
 
 class JsonlError(ValueError):
     """A malformed JSONL file; the message names the file and the line."""
@@ -21,27 +23,16 @@ class JsonlError(ValueError):
 def read_jsonl(path: str | Path, required: dict[str, type | tuple[type, ...]] | None = None
                ) -> list[dict]:
     """Rows of `path`. `required` maps key -> accepted type(s), e.g. {"prompt": str}."""
-    path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise JsonlError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise JsonlError(f"{path}:{lineno}: expected a JSON object, got "
-                                 f"{type(row).__name__}")
-            for key, types in (required or {}).items():
-                if key not in row:
-                    raise JsonlError(f"{path}:{lineno}: missing key {key!r}")
-                if not isinstance(row[key], types) or isinstance(row[key], bool) and bool not in (
-                        types if isinstance(types, tuple) else (types,)):
-                    raise JsonlError(f"{path}:{lineno}: key {key!r} has type "
-                                     f"{type(row[key]).__name__}, expected {_names(types)}")
-            rows.append(row)
+    for _, where, row in json_objects(path, JsonlError):
+        for key, types in (required or {}).items():
+            if key not in row:
+                raise JsonlError(f"{where}: missing key {key!r}")
+            if not isinstance(row[key], types) or isinstance(row[key], bool) and bool not in (
+                    types if isinstance(types, tuple) else (types,)):
+                raise JsonlError(f"{where}: key {key!r} has type "
+                                 f"{type(row[key]).__name__}, expected {_names(types)}")
+        rows.append(row)
     return rows
 
 
