@@ -128,3 +128,18 @@ def test_scca_data_from_converts_a_users_file_for_scca_learner(tmp_path):
     assert scca(["data", "math", "--from", str(gsm), "--out", str(out)]) == 0
     [row] = read_jsonl(out)
     assert row["prompt"] == "A?" and row["meta"] == {"answer": "1", "solution": "x\n#### 1"}
+
+
+def test_one_line_reader_numbers_lines_skips_blanks_and_raises_the_callers_error(tmp_path):
+    from protocol.dataset import DatasetError, json_objects
+    from verifiers.tasks.jsonl import JsonlError, read_jsonl
+
+    path = _write(tmp_path / "rows.jsonl", [{"a": 1}, "", "   ", {"a": 2}])
+    assert [(n, where, row) for n, where, row in json_objects(path)] == [
+        (1, f"{path}:1", {"a": 1}), (4, f"{path}:4", {"a": 2})]
+    bad = _write(tmp_path / "bad.jsonl", [{"a": 1}, "", '"text"'])
+    for error in (DatasetError, JsonlError, DataError):  # each reader keeps its own error type
+        with pytest.raises(error, match=r"bad.jsonl:3: expected a JSON object, got str"):
+            list(json_objects(bad, error))
+    with pytest.raises(JsonlError, match=r"bad.jsonl:3: expected a JSON object"):
+        read_jsonl(bad)
