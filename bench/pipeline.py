@@ -13,7 +13,11 @@ step budget is spent:
     `loss.max_lag = K`; an arm may add `--set` overrides (`name:key=value,key=value`).
 It prints, per arm: wall time to +gain (training wall: held-out evaluations and process
 start excluded, the same evaluation schedule everywhere; read off the isotonic fit of the
-evaluations, which one lucky or unlucky evaluation does not move much), trained and generated samples per second, the share of
+evaluations, which one lucky or unlucky evaluation does not move much), held-out accuracy
+at equal training wall (30, 60, 90 s: the last evaluation before each, averaged over repeats;
++0.10 sits near where this model's greedy accuracy levels off within 150 steps, so the
+crossing time of one run can move by half its length, while the curve at fixed times
+is steadier), trained and generated samples per second, the share of
 generated samples that were trained, busy fractions from the run's own timings (learner:
 Σ of its step phases except collect and eval; actors: generate seconds; verifier: seconds
 with a job in progress; loop: its own phases), and the ratios against `loop`.
@@ -55,6 +59,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SETS = ["learner.eval_every=5", "learner.max_steps=150", "learner.checkpoint_every=1000"]
 LOOP_PROMPTS_PER_CALL = 8  # prompts per generate() call in the loop: 8 x group 8 = the actors' 64 rows
+WALL_MARKS_S = (30, 60, 90)  # training-wall seconds at which held-out accuracy is compared across arms
 POLL_S = 1.0  # how often a running `scca run` arm is checked for the target
 BOOTSTRAP = ROOT / ".cache" / "scca" / "bootstrap-s0"  # the model every arm starts from (--bootstrap-dir)
 
@@ -259,6 +264,13 @@ def time_to_target(rows: list[dict], gain: float, clock) -> tuple[float | None, 
     return None, before
 
 
+def heldout_at(rows: list[dict], times: tuple[float, ...]) -> list[float | None]:
+    """The last held-out evaluation at or before each training-wall time (None past the run's
+    end: a run stops once it reaches the target, so later values would be selected)."""
+    evals = [(0.0 if r["step"] == 0 else train_wall(r), r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
+    return [[a for t0, a in evals if t0 <= t][-1] if evals[-1][0] >= t else None for t in times]
+
+
 def reached(run_dir: Path, gain: float) -> bool:
     """The run can stop: the isotonic fit of its evaluations has crossed the target."""
     rows = [r for r in read_rows(run_dir) if "heldout_accuracy" in r]
@@ -306,7 +318,8 @@ def summarise(name: str, run_dir: Path, gain: float, invocation_s: float) -> dic
            "time_to_target_with_evals_s": ttt_wall, "steps": last["step"],
            "samples_trained": last["samples_trained"], "samples_generated": generated,
            "train_wall_s": wall, "evals_excluded": timed_evals, "invocation_s": invocation_s,
-           "heldout_last": [r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r][-1]}
+           "heldout_last": [r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r][-1],
+           "heldout_at_s": dict(zip(map(str, WALL_MARKS_S), heldout_at(rows, WALL_MARKS_S) if timed_evals else []))}
     out["trained_per_s"] = last["samples_trained"] / wall
     out["generated_per_s"] = generated / wall
     out["trained_over_generated"] = last["samples_trained"] / max(generated, 1)
@@ -344,11 +357,17 @@ def combine(results: list[dict]) -> dict:
             vals = [r[key] for r in results if r.get(key) is not None]
             out[key] = float(np.median(vals)) if vals else None
     ttt = [r["time_to_target_s"] for r in results if r["time_to_target_s"] is not None]
+    out["heldout_at_s"] = {t: mean_or_none([r["heldout_at_s"].get(t) for r in results]) for t in results[0]["heldout_at_s"]}
     out["time_to_target_all_s"] = [r["time_to_target_s"] for r in results]
     out["time_to_target_spread"] = max(ttt) / min(ttt) if len(ttt) > 1 else None
     if any(r["time_to_target_s"] is None for r in results):
         out["time_to_target_s"] = None  # a repeat that never reached the target: no median
     return out
+
+
+def mean_or_none(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -375,10 +394,14 @@ def report(arms: dict[str, dict], gain: float) -> dict:
         print("vs loop, trained/s and generated/s:", ", ".join(
             f"{k} {r['trained_per_s'] / loop['trained_per_s']:.2f}x/{r['generated_per_s'] / loop['generated_per_s']:.2f}x"
             for k, r in arms.items() if not k.startswith("loop")))
+    print("held-out accuracy at equal training wall (mean over repeats; runs that already stopped left out):")
+    for name, r in arms.items():
+        print(f"  {name:12s}", "  ".join(f"{t}s {a:.3f}" if a is not None else f"{t}s -" for t, a in r["heldout_at_s"].items()))
     lag = {re.fullmatch(r"lag(\d+)", k).group(1): v for k, v in ratios.items() if re.fullmatch(r"lag\d+", k)}
     return {"time_to_target_ratio_vs_loop": lag, "time_to_target_ratio_vs_loop_by_arm": ratios,
             "time_to_target_with_evals_ratio_vs_loop_by_arm": ratios_wall,
-            "trained_over_generated": {k: r["trained_over_generated"] for k, r in arms.items()}}
+            "trained_over_generated": {k: r["trained_over_generated"] for k, r in arms.items()},
+            "heldout_at_train_wall_s": {k: r["heldout_at_s"] for k, r in arms.items()}}
 
 
 def paired_ratios(results: dict[str, list[dict]], seeds: list) -> dict:
@@ -407,6 +430,8 @@ def main() -> None:
     ap.add_argument("--bootstrap-dir", default=str(BOOTSTRAP))
     ap.add_argument("--before-tree", type=Path, help="checkout whose `scca run` the `before` arm runs (e.g. a "
                     "`git worktree` of main before these changes)")
+    ap.add_argument("--summarise-only", action="store_true", help="run nothing: summarise the run folders an earlier "
+                    "invocation with the same --arms/--seeds/--out left (e.g. after adding a measure)")
     ap.add_argument("--loop-worker", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -424,7 +449,8 @@ def main() -> None:
             run_dir = Path(args.out) / f"{name}-r{rep}"
             print(f"[{time.strftime('%H:%M:%S')}] {name} (repeat {rep}, seed {seed}) load {os.getloadavg()[0]:.1f}",
                   flush=True)
-            seconds = run_arm(name, sets + seed_sets, base, run_dir, args.gain, args.before_tree)
+            seconds = (None if args.summarise_only else
+                       run_arm(name, sets + seed_sets, base, run_dir, args.gain, args.before_tree))
             results[name].append(summarise(name, run_dir, args.gain, seconds))
             print(json.dumps(results[name][-1]), flush=True)
     arms = {name: combine(rs) for name, rs in results.items()}
