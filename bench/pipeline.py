@@ -247,6 +247,11 @@ def isotonic(values: list[float]) -> list[float]:
     return [m for m, n in blocks for _ in range(int(n))]
 
 
+def evaluations(rows: list[dict], clock) -> list[tuple[float, float]]:
+    """(clock(row), held-out accuracy) of every evaluation row; the start evaluation at 0."""
+    return [(0.0 if r["step"] == 0 else clock(r), r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
+
+
 def time_to_target(rows: list[dict], gain: float, clock) -> tuple[float | None, float]:
     """(clock(row) at which held-out accuracy reaches start + gain, None if never; start accuracy).
 
@@ -254,7 +259,7 @@ def time_to_target(rows: list[dict], gain: float, clock) -> tuple[float | None, 
     (greedy accuracy of a changing policy), so the crossing is read off the isotonic
     (non-decreasing least-squares) fit of the evaluations after the start, linearly
     interpolated between the two fitted points around it. The start evaluation is at 0."""
-    evals = [(0.0 if r["step"] == 0 else clock(r), r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
+    evals = evaluations(rows, clock)
     before = evals[0][1]
     target = before + gain
     fitted = [(0.0, before)] + list(zip([t for t, _ in evals[1:]], isotonic([a for _, a in evals[1:]])))
@@ -267,7 +272,7 @@ def time_to_target(rows: list[dict], gain: float, clock) -> tuple[float | None, 
 def heldout_at(rows: list[dict], times: tuple[float, ...]) -> list[float | None]:
     """The last held-out evaluation at or before each training-wall time (None past the run's
     end: a run stops once it reaches the target, so later values would be selected)."""
-    evals = [(0.0 if r["step"] == 0 else train_wall(r), r["heldout_accuracy"]) for r in rows if "heldout_accuracy" in r]
+    evals = evaluations(rows, train_wall)
     return [[a for t0, a in evals if t0 <= t][-1] if evals[-1][0] >= t else None for t in times]
 
 
