@@ -45,6 +45,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]  # ben
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
@@ -60,6 +61,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SETS = ["learner.eval_every=5", "learner.max_steps=150", "learner.checkpoint_every=1000"]
 LOOP_PROMPTS_PER_CALL = 8  # prompts per generate() call in the loop: 8 x group 8 = the actors' 64 rows
 WALL_MARKS_S = (30, 60, 90)  # training-wall seconds at which held-out accuracy is compared across arms
+# Steps whose evaluations are averaged into the per-step learning measure: every arm's run
+# lasts past this (a run stops only at the target, which none has reached by step 50 here).
+STEP_WINDOW = (5, 50)
+RESAMPLES = 10_000  # bootstrap resamples of the per-seed log ratios (fixed RNG seed 0)
+EXACT_SIGN_FLIPS = 16  # up to this many seeds the sign-flip test enumerates all 2^n flips
 POLL_S = 1.0  # how often a running `scca run` arm is checked for the target
 BOOTSTRAP = ROOT / ".cache" / "scca" / "bootstrap-s0"  # the model every arm starts from (--bootstrap-dir)
 
@@ -276,6 +282,16 @@ def heldout_at(rows: list[dict], times: tuple[float, ...]) -> list[float | None]
     return [[a for t0, a in evals if t0 <= t][-1] if evals[-1][0] >= t else None for t in times]
 
 
+def heldout_mean_steps(rows: list[dict], window: tuple[int, int] = STEP_WINDOW) -> float | None:
+    """Mean held-out accuracy of the evaluations at steps window[0]..window[1]: learning per
+    step, whatever a step costs in wall time (None when the run stopped before window[1]).
+    Ten or so evaluations averaged swing far less than the one that crosses the target."""
+    evals = {r["step"]: r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r}
+    if window[1] not in evals:
+        return None
+    return float(np.mean([a for s, a in evals.items() if window[0] <= s <= window[1]]))
+
+
 def reached(run_dir: Path, gain: float) -> bool:
     """The run can stop: the isotonic fit of its evaluations has crossed the target."""
     rows = [r for r in read_rows(run_dir) if "heldout_accuracy" in r]
@@ -324,7 +340,8 @@ def summarise(name: str, run_dir: Path, gain: float, invocation_s: float) -> dic
            "samples_trained": last["samples_trained"], "samples_generated": generated,
            "train_wall_s": wall, "evals_excluded": timed_evals, "invocation_s": invocation_s,
            "heldout_last": [r["heldout_accuracy"] for r in rows if "heldout_accuracy" in r][-1],
-           "heldout_at_s": dict(zip(map(str, WALL_MARKS_S), heldout_at(rows, WALL_MARKS_S) if timed_evals else []))}
+           "heldout_at_s": dict(zip(map(str, WALL_MARKS_S), heldout_at(rows, WALL_MARKS_S) if timed_evals else [])),
+           "heldout_mean_steps": heldout_mean_steps(rows)}
     out["trained_per_s"] = last["samples_trained"] / wall
     out["generated_per_s"] = generated / wall
     out["trained_over_generated"] = last["samples_trained"] / max(generated, 1)
@@ -409,16 +426,101 @@ def report(arms: dict[str, dict], gain: float) -> dict:
             "heldout_at_train_wall_s": {k: r["heldout_at_s"] for k, r in arms.items()}}
 
 
+def sign_flip_p(values: np.ndarray) -> float:
+    """Two-sided p value of "mean = 0" for paired differences: the share of sign flips of
+    `values` whose |mean| is at least the observed one (exact up to EXACT_SIGN_FLIPS values,
+    else 2^16 random flips). It assumes only that each seed's difference is symmetric about 0
+    under the null, no normal distribution."""
+    n = len(values)
+    if n > EXACT_SIGN_FLIPS:
+        signs = np.random.default_rng(0).choice((-1.0, 1.0), size=(2 ** EXACT_SIGN_FLIPS, n))
+    else:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))  # [2^n, n]
+    observed = abs(values.mean())
+    return float((np.abs((signs * values).mean(axis=1)) >= observed - 1e-12).mean())
+
+
+def bootstrap_ci(values: np.ndarray) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `values` (RESAMPLES, RNG seed 0)."""
+    means = np.random.default_rng(0).choice(values, size=(RESAMPLES, len(values))).mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def paired_stats(ratios: list[float | None]) -> dict:
+    """Per-seed time-to-target ratios -> their geometric mean, its 95% bootstrap interval and
+    the sign-flip p value of "no difference" (all on log ratios). Seeds where either arm
+    never reached the target are counted, not used."""
+    logs = np.log([r for r in ratios if r])
+    out = {"seeds_used": len(logs), "seeds_not_reached": len(ratios) - len(logs)}
+    if len(logs) < 2:
+        return out
+    lo, hi = bootstrap_ci(logs)
+    return {**out, "geomean": float(np.exp(logs.mean())), "ci95": [float(np.exp(lo)), float(np.exp(hi))],
+            "median": float(np.exp(np.median(logs))), "p_sign_flip": sign_flip_p(logs)}
+
+
+def paired_step_stats(arm: list[dict], loop: list[dict]) -> dict:
+    """Per-seed difference in held-out accuracy averaged over STEP_WINDOW (arm minus loop):
+    mean, 95% bootstrap interval, sign-flip p value."""
+    diffs = np.array([a["heldout_mean_steps"] - b["heldout_mean_steps"] for a, b in zip(arm, loop)
+                      if a.get("heldout_mean_steps") is not None and b.get("heldout_mean_steps") is not None])
+    out = {"seeds_used": len(diffs), "per_seed": [float(d) for d in diffs]}
+    if len(diffs) < 2:
+        return out
+    return {**out, "mean": float(diffs.mean()), "ci95": list(bootstrap_ci(diffs)), "p_sign_flip": sign_flip_p(diffs)}
+
+
 def paired_ratios(results: dict[str, list[dict]], seeds: list) -> dict:
-    """{arm: [time to target / the loop's, per repeat]} (None where either never reached it); printed."""
+    """Paired comparisons against the loop, seed by seed, printed: time-to-target ratios (and
+    their statistics) and the per-step learning difference."""
     loop = next((v for k, v in results.items() if k.startswith("loop")), None)
     if not loop:
         return {}
     out = {k: [ratio(r["time_to_target_s"], lr["time_to_target_s"]) for r, lr in zip(rs, loop)]
            for k, rs in results.items() if not k.startswith("loop")}
+    stats = {k: paired_stats(v) for k, v in out.items()}
+    steps = {k: paired_step_stats(rs, loop) for k, rs in results.items() if not k.startswith("loop")}
     for k, rs in out.items():
-        print(f"{k} / loop per repeat (seeds {seeds}):", ", ".join(f"{x:.2f}x" if x else "-" for x in rs))
-    return out
+        print(f"{k} / loop per seed ({seeds}):", ", ".join(f"{x:.2f}x" if x else "-" for x in rs))
+        st = stats[k]
+        if "geomean" in st:
+            print(f"  geometric mean {st['geomean']:.2f}x (95% bootstrap {st['ci95'][0]:.2f}-{st['ci95'][1]:.2f}x), "
+                  f"median {st['median']:.2f}x, sign-flip p = {st['p_sign_flip']:.2f}, "
+                  f"{st['seeds_used']} seeds ({st['seeds_not_reached']} never reached)")
+        sp = steps[k]
+        if "mean" in sp:
+            print(f"  held-out mean over steps {STEP_WINDOW[0]}-{STEP_WINDOW[1]} minus the loop's: {sp['mean']:+.3f} "
+                  f"(95% bootstrap {sp['ci95'][0]:+.3f} to {sp['ci95'][1]:+.3f}, sign-flip p = {sp['p_sign_flip']:.2f})")
+    return {"paired_ratio_vs_loop": out, "paired_stats_vs_loop": stats, "heldout_mean_steps_vs_loop": steps}
+
+
+def invocations(args) -> list[tuple[Path, list]]:
+    """(run folder, seeds) of each invocation to summarise: the one `--out` with its seeds,
+    or with `--pool` every folder named (read only), each with the seeds its pipeline.json
+    recorded, so seeds run in separate invocations are compared as one set."""
+    if args.pool:
+        return [(Path(d), json.loads((Path(d) / "pipeline.json").read_text())["seeds"]) for d in args.pool]
+    return [(Path(args.out), [int(x) for x in args.seeds.split(",")] if args.seeds else [None] * args.repeats)]
+
+
+def run_invocation(args, specs: list, base: list[str], out_dir: Path, seeds: list) -> dict[str, list[dict]]:
+    """Every arm once per seed (or repeat), arm order reversed on odd repeats; or, with
+    --summarise-only / --pool, the run folders an earlier invocation left in out_dir."""
+    read_only = args.summarise_only or bool(args.pool)
+    results: dict[str, list[dict]] = {name: [] for name, _ in specs}
+    for rep, seed in enumerate(seeds):
+        seed_sets = [] if seed is None else [f"learner.seed={seed}"]
+        for name, sets in (specs if rep % 2 == 0 else specs[::-1]):
+            run_dir = out_dir / f"{name}-r{rep}"
+            seconds = None
+            if not read_only:
+                print(f"[{time.strftime('%H:%M:%S')}] {name} (repeat {rep}, seed {seed}) load "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
+                seconds = run_arm(name, sets + seed_sets, base, run_dir, args.gain, args.before_tree)
+            results[name].append(summarise(name, run_dir, args.gain, seconds))
+            print(json.dumps({"seed": seed, **results[name][-1]}), flush=True)
+    return results
 
 
 def main() -> None:
@@ -437,6 +539,8 @@ def main() -> None:
                     "`git worktree` of main before these changes)")
     ap.add_argument("--summarise-only", action="store_true", help="run nothing: summarise the run folders an earlier "
                     "invocation with the same --arms/--seeds/--out left (e.g. after adding a measure)")
+    ap.add_argument("--pool", action="append", default=[], help="run nothing: summarise the --arms of several earlier "
+                    "invocations' --out folders together (repeatable; each folder's pipeline.json gives its seeds)")
     ap.add_argument("--loop-worker", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -446,24 +550,21 @@ def main() -> None:
     BOOTSTRAP = Path(args.bootstrap_dir).resolve()
     specs = [parse_arm(s) for s in re.split(r"[;]" if ";" in args.arms else r",", args.arms) if s]
     base = DEFAULT_SETS + args.set
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None] * args.repeats
     results: dict[str, list[dict]] = {name: [] for name, _ in specs}
-    for rep, seed in enumerate(seeds):
-        seed_sets = [] if seed is None else [f"learner.seed={seed}"]
-        for name, sets in (specs if rep % 2 == 0 else specs[::-1]):
-            run_dir = Path(args.out) / f"{name}-r{rep}"
-            print(f"[{time.strftime('%H:%M:%S')}] {name} (repeat {rep}, seed {seed}) load {os.getloadavg()[0]:.1f}",
-                  flush=True)
-            seconds = (None if args.summarise_only else
-                       run_arm(name, sets + seed_sets, base, run_dir, args.gain, args.before_tree))
-            results[name].append(summarise(name, run_dir, args.gain, seconds))
-            print(json.dumps(results[name][-1]), flush=True)
+    seeds: list = []
+    for out_dir, out_seeds in invocations(args):
+        for name, rs in run_invocation(args, specs, base, out_dir, out_seeds).items():
+            results[name] += rs
+        seeds += out_seeds
     arms = {name: combine(rs) for name, rs in results.items()}
     summary = report(arms, args.gain)
-    summary["paired_ratio_vs_loop"] = paired_ratios(results, seeds)
+    summary.update(paired_ratios(results, seeds))
     out = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]), "gain": args.gain,
            "base_sets": base, "seeds": seeds, "arms": arms, "repeats": {k: v for k, v in results.items()},
            "loadavg_end": os.getloadavg(), **summary}
+    if args.pool:  # what produced each pooled folder, as its own pipeline.json recorded it
+        out["pooled"] = [{"folder": str(d), "seeds": sd, "command": json.loads((d / "pipeline.json").read_text())["command"]}
+                         for d, sd in invocations(args)]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")
