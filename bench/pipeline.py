@@ -26,10 +26,15 @@ spread between repeats, printed). `--seeds 0,1,2` makes repeat r run every arm w
 `learner.seed = seeds[r]` (data order and initial torch state): the loop is deterministic, so
 same-seed repeats only resample its timing, while one seed's held-out curve can cross the
 target early or late by luck of one evaluation; the seeds are paired across arms (same data
-order) and the per-seed ratios are printed too. Results: `bench/results/pipeline.json`.
+order) and the per-seed ratios are printed too, with their geometric mean, its 95% bootstrap
+interval and an exact sign-flip p value (paired, on log ratios), and the per-seed difference
+in learning per step (held-out accuracy averaged over the evaluations at steps 5-50, which
+does not depend on how long a step takes). `--pool DIR ...` re-reads several invocations'
+run folders as one set of seeds. Results: `bench/results/pipeline.json`.
 
     .venv/bin/python bench/pipeline.py [--arms loop,lag0,lag1,lag2] [--repeats 1 | --seeds 0,1,2] \
         [--gain 0.10] [--set learner.eval_every=5 ...] [--out runs/bench-pipeline]
+    .venv/bin/python bench/pipeline.py --arms loop,lag1 --pool runs/a --pool runs/b --json pooled.json
 
 Does NOT: run arms concurrently (they would share the cores), or count model loading and
 process start-up in any arm's time.
@@ -504,6 +509,12 @@ def invocations(args) -> list[tuple[Path, list]]:
     return [(Path(args.out), [int(x) for x in args.seeds.split(",")] if args.seeds else [None] * args.repeats)]
 
 
+def recorded_command(out_dir: Path) -> str | None:
+    """The command an earlier invocation recorded in its folder's pipeline.json (None: none there)."""
+    path = out_dir / "pipeline.json"
+    return json.loads(path.read_text())["command"] if path.exists() else None
+
+
 def run_invocation(args, specs: list, base: list[str], out_dir: Path, seeds: list) -> dict[str, list[dict]]:
     """Every arm once per seed (or repeat), arm order reversed on odd repeats; or, with
     --summarise-only / --pool, the run folders an earlier invocation left in out_dir."""
@@ -552,6 +563,7 @@ def main() -> None:
     base = DEFAULT_SETS + args.set
     results: dict[str, list[dict]] = {name: [] for name, _ in specs}
     seeds: list = []
+    runs = [{"folder": str(d), "seeds": sd, "command": recorded_command(d)} for d, sd in invocations(args)]
     for out_dir, out_seeds in invocations(args):
         for name, rs in run_invocation(args, specs, base, out_dir, out_seeds).items():
             results[name] += rs
@@ -562,9 +574,8 @@ def main() -> None:
     out = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]), "gain": args.gain,
            "base_sets": base, "seeds": seeds, "arms": arms, "repeats": {k: v for k, v in results.items()},
            "loadavg_end": os.getloadavg(), **summary}
-    if args.pool:  # what produced each pooled folder, as its own pipeline.json recorded it
-        out["pooled"] = [{"folder": str(d), "seeds": sd, "command": json.loads((d / "pipeline.json").read_text())["command"]}
-                         for d, sd in invocations(args)]
+    if args.summarise_only or args.pool:
+        out["runs"] = runs  # the invocations whose run folders were read, as each recorded itself
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.json}")
