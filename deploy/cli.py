@@ -237,7 +237,7 @@ def cmd_make_model(args) -> int:
         from verifiers.tasks import math as math_task
 
         rows = [(r["prompt"], r["meta"].get("solution", r["meta"]["answer"])) for r in math_task.load(args.warm_start)]
-        corpus = [p + "\n" + s for p, s in rows]
+        corpus = [p + "\n" + s for p, s in rows] + ([args.system_prompt] if args.system_prompt else [])
     raw = out.with_name(out.name + ".random") if rows else out
     try:
         build_model_folder(raw, args.arch, tied=not args.untied, dtype=args.dtype, seed=args.seed, corpus=corpus,
@@ -247,8 +247,8 @@ def cmd_make_model(args) -> int:
     if rows:
         from learner.warm_start import warm_start
 
-        info = warm_start(raw, out, rows, prompt_format=args.prompt_format, steps=args.steps, lr=args.lr,
-                          batch_size=args.batch_size, seed=args.seed)
+        info = warm_start(raw, out, rows, prompt_format=args.prompt_format, system_prompt=args.system_prompt,
+                          steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
         shutil.rmtree(raw)
         print(json.dumps(info, indent=2))
     print(f"model folder: {out}")
@@ -313,6 +313,8 @@ def _add_tool_parsers(sub) -> None:
     mm.add_argument("--lr", type=float, default=2e-3, help="warm-start AdamW learning rate")
     mm.add_argument("--batch-size", type=int, default=32, help="warm-start examples per step")
     mm.add_argument("--prompt-format", default="chat", choices=["raw", "chat"], help="format of the warm start")
+    mm.add_argument("--system-prompt", default="", help="system prompt of the warm start (chat format); give the "
+                    "run the same [task] system_prompt: a small model answers only in the format it learned")
     dr = sub.add_parser("doctor", help="preflight: check config, model, data, sandbox, ports, disk",
                         description="One line per check, each starting with ok, warn or fail; exits 1 if any "
                         "check fails. Without CONFIG it checks deploy/default.toml.")

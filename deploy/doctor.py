@@ -4,7 +4,10 @@ What it does: runs the checks in `CHECKS` in order, each a small named function 
 `Context` (the config, where it came from, the run folder) that returns `(status,
 detail)` lines, status one of `ok`, `warn`, `fail`. Checked: the config is valid (file
 and line of any problem); this machine (python, torch, cores); the model folder loads;
-the tokenizer round-trips the prompts, has an eos token and a pad token; the data files
+the tokenizer round-trips the prompts and ends completions (eos ids of the tokenizer and
+the folder's configs; padding by the shared rule, so no pad token is needed); the prompt
+format renders (a chat format needs a template), and a folder warm-started by `scca
+make-model` is asked in the format it learned; the data files
 parse (the learner's own readers, file and line of the first bad row); the sandbox's
 self-check (a program and a test run, network blocked, kernel limits); the hub address and the metrics port
 can be bound; the disk holds the snapshots and checkpoint the run will write; vLLM
@@ -111,6 +114,12 @@ def check_data(ctx: Context) -> list[Line]:
 
 
 def check_tokenizer(ctx: Context) -> list[Line]:
+    """Round trip of sample prompts, and the special tokens by the rules actors and learner
+    share (protocol/tokens.py): every eos id of the tokenizer and the folder's configs stops
+    a completion; padding uses the pad token, else eos (padded positions are masked, so a
+    tokenizer without a pad token, as Qwen and Llama ones come, is fine)."""
+    from protocol.tokens import TokenError, eos_ids, pad_id
+
     tok = ctx.tokenizer
     if tok is None:
         return [(ctx.model_status, "skipped: no model loaded")]
@@ -118,10 +127,44 @@ def check_tokenizer(ctx: Context) -> list[Line]:
     bad = [p for p in ctx.prompts if tok.decode(tok(p, add_special_tokens=False)["input_ids"]) != p]
     out.append(("fail", f"does not round-trip {len(bad)} of {len(ctx.prompts)} prompts, e.g. {bad[0][:60]!r}")
                if bad else ("ok", f"round-trips {len(ctx.prompts)} sample prompts"))
-    out.append(("ok", f"eos token {tok.eos_token!r}") if tok.eos_token_id is not None
-               else ("fail", "no eos token: generation cannot stop"))
+    try:
+        ids = eos_ids(tok, ctx.model_folder)
+        out.append(("ok", f"eos token {tok.eos_token!r}; completions stop at ids {list(ids)}"))
+    except TokenError as exc:
+        out.append(("fail", str(exc)))
+    pad = pad_id(tok)
     out.append(("ok", f"pad token {tok.pad_token!r}, padding {tok.padding_side}") if tok.pad_token_id is not None
-               else ("fail", "no pad token: the learner pads batches with tokenizer.pad_token_id"))
+               else ("ok", f"no pad token: batches pad with eos id {pad} (masked)") if tok.eos_token_id is not None
+               else ("warn", f"no pad or eos token: batches pad with id {pad} (masked)"))
+    return out
+
+
+def check_prompt_format(ctx: Context) -> list[Line]:
+    """The run's [task] prompt_format renders with this tokenizer (a chat format needs a
+    template); and, for a folder `scca make-model --warm-start` wrote, the run asks in the
+    format and system prompt the model was warm-started on (a small warm-started model
+    answers only in that one)."""
+    import json
+
+    from protocol.prompts import PromptFormatError, PromptRenderer
+
+    tok, task = ctx.tokenizer, ctx.cfg.task
+    if tok is None:
+        return [(ctx.model_status, "skipped: no model loaded")]
+    try:
+        renderer = PromptRenderer(tok, task.prompt_format, task.system_prompt, folder=str(ctx.model_folder))
+    except PromptFormatError as exc:
+        return [("fail", str(exc))]
+    example = ctx.prompts[0] if ctx.prompts else "1+1="
+    out = [("ok", f"{task.prompt_format}: {len(renderer.encode(example))} tokens for {example[:40]!r}")]
+    warm = ctx.model_folder / "warm_start.json"
+    if warm.is_file():
+        info = json.loads(warm.read_text())
+        was = (info.get("prompt_format"), info.get("system_prompt", ""))
+        if was != (task.prompt_format, task.system_prompt):
+            out.append(("warn", f"{warm}: the model was warm-started with prompt_format {was[0]!r} and system "
+                                f"prompt {was[1]!r}; this run uses {task.prompt_format!r} and "
+                                f"{task.system_prompt!r}: a small warm-started model may answer nothing right"))
     return out
 
 
@@ -220,7 +263,7 @@ def check_engines(ctx: Context) -> list[Line]:
 
 CHECKS: list[tuple[str, Callable[[Context], list[Line]]]] = [
     ("config", check_config), ("system", check_system), ("model", check_model), ("data", check_data),
-    ("tokenizer", check_tokenizer), ("sandbox", check_sandbox), ("ports", check_ports), ("disk", check_disk),
+    ("tokenizer", check_tokenizer), ("prompts", check_prompt_format), ("sandbox", check_sandbox), ("ports", check_ports), ("disk", check_disk),
     ("engines", check_engines),
 ]
 

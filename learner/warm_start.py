@@ -81,6 +81,7 @@ def warm_start(src: str | Path, out: str | Path, rows: list[tuple[str, str]], *,
     save_model(model.eval(), out, dtype)
     tokenizer.save_pretrained(out)
     info = {"source": str(src), "steps": steps, "batch_size": batch_size, "lr": lr, "prompt_format": prompt_format,
+            "system_prompt": system_prompt,  # `scca doctor` warns when a run asks in another format
             "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": time.perf_counter() - t0,
             "dtype": str(dtype).removeprefix("torch."), "rows": len(rows)}
     (out / "warm_start.json").write_text(json.dumps(info, indent=2))
