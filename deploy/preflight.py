@@ -65,7 +65,9 @@ def read_prompt_file(cfg: RunConfig, split: str, path: str) -> list[dict]:
     if not p.is_file():
         raise InputError(f"{path}: no such file ({key})")
     try:
-        rows = TASKS[cfg.task.name].load(str(p)) if cfg.task.name in JSONL else read_jsonl(p)
+        rows = (TASKS[cfg.task.name].load(str(p), prompt_field=cfg.task.prompt_field,
+                                          answer_field=cfg.task.answer_field)
+                if cfg.task.name in JSONL else read_jsonl(p))
     except (DatasetError, JsonlError) as exc:
         raise InputError(f"{exc} ({key})") from None
     except UnicodeDecodeError as exc:

@@ -6,13 +6,20 @@ passes it through untouched and actors never receive it. `read_jsonl` validates 
 row and names the line of the first bad one. `json_objects` is the one line reader every
 JSONL file of the project goes through (prompt files here, a task's own files and a user's
 data files in verifiers/tasks): blank lines skipped, each error names `file:line`.
+`records` reads a user's data file in the formats datasets come in, chosen by suffix:
+JSONL (any other suffix), `.json` (one array of objects, or JSON Lines under a .json name),
+`.csv` / `.tsv` (a header row; every value a string) and `.parquet` (with pyarrow, an
+optional dependency: `pip install pyarrow`). Its errors name `file:line` (JSONL, CSV: the
+line the record starts on) or `file: item N` / `file: row N` (JSON arrays, Parquet; 1-based).
 
 What it does not do: no streaming of huge files (rows are held in memory), no schema for
-`meta` (each task's scorer owns its own).
+`meta` (each task's scorer owns its own), no nested Parquet columns beyond what
+`pyarrow.Table.to_pylist` gives, no spreadsheet formats.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +62,66 @@ def json_objects(path: str | Path, error: type[Exception] = DatasetError) -> Ite
             if not isinstance(row, dict):
                 raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
             yield lineno, where, row
+
+
+def records(path: str | Path, error: type[Exception] = DatasetError) -> Iterator[tuple[int, str, dict]]:
+    """(1-based line or item number, where-string for errors, object) of every record of a
+    user's data file, in the format its suffix names (module docstring)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return _csv_records(path, "\t" if suffix == ".tsv" else ",", error)
+    if suffix == ".parquet":
+        return _parquet_records(path, error)
+    if suffix == ".json" and _starts_with(path, "["):
+        return _json_array_records(path, error)
+    return json_objects(path, error)
+
+
+def _starts_with(path: str | Path, char: str) -> bool:
+    with open(path, encoding="utf-8-sig") as f:
+        head = f.read(4096).lstrip()
+    return head.startswith(char)
+
+
+def _json_array_records(path: str | Path, error: type[Exception]) -> Iterator[tuple[int, str, dict]]:
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    for i, item in enumerate(items, start=1):
+        where = f"{path}: item {i}"
+        if not isinstance(item, dict):
+            raise error(f"{where}: expected a JSON object, got {type(item).__name__}")
+        yield i, where, item
+
+
+def _csv_records(path: str | Path, delimiter: str, error: type[Exception]) -> Iterator[tuple[int, str, dict]]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if not reader.fieldnames or any(not (name or "").strip() for name in reader.fieldnames):
+            raise error(f"{path}:1: expected a header row naming every column, got {reader.fieldnames}")
+        start = 2  # the line the next record starts on (a quoted value may span lines)
+        for row in reader:
+            where = f"{path}:{start}"
+            got = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+            if got != len(reader.fieldnames):  # DictReader files surplus values under None, fills gaps with None
+                raise error(f"{where}: expected {len(reader.fieldnames)} columns as in the header, got {got}")
+            yield start, where, row
+            start = reader.line_num + 1
+
+
+def _parquet_records(path: str | Path, error: type[Exception]) -> Iterator[tuple[int, str, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise error(f"{path}: reading Parquet needs pyarrow (`pip install pyarrow`), or convert the file to "
+                    "JSONL first") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise error(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    for i, row in enumerate(rows, start=1):
+        yield i, f"{path}: row {i}", row
 
 
 def read_jsonl(path: str | Path, lines: list[int] | None = None) -> list[dict]:

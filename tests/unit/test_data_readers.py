@@ -143,3 +143,89 @@ def test_one_line_reader_numbers_lines_skips_blanks_and_raises_the_callers_error
             list(json_objects(bad, error))
     with pytest.raises(JsonlError, match=r"bad.jsonl:3: expected a JSON object"):
         read_jsonl(bad)
+
+
+GSM_ROWS = [{"question": "Sam has 9 cards. He buys 5 more. How many?", "answer": "9 + 5 = 14\n#### 14"},
+            {"question": "Ava has 2, \"then\" 6 more. How many?", "answer": "#### 8"}]
+
+
+def _expected(tmp_path):
+    from verifiers.tasks.fields import read_rows
+
+    rows, _ = read_rows(_write(tmp_path / "gsm.jsonl", GSM_ROWS), "math")
+    return rows
+
+
+def test_data_files_as_datasets_come_json_array_csv_tsv_parquet(tmp_path):
+    """The same GSM8K rows as a JSON array, JSON Lines under a .json name, CSV (a quoted answer
+    spanning two lines), TSV and Parquet give the same prompt rows as the JSONL file."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from verifiers.tasks.fields import read_rows
+
+    expected = _expected(tmp_path)
+    array = tmp_path / "gsm.json"
+    array.write_text(json.dumps(GSM_ROWS, indent=2))
+    lines_json = _write(tmp_path / "lines.json", GSM_ROWS)
+    for suffix, delimiter in ((".csv", ","), (".tsv", "\t")):
+        with open(tmp_path / f"gsm{suffix}", "w", newline="") as f:
+            w = csv.DictWriter(f, ["question", "answer"], delimiter=delimiter)
+            w.writeheader()
+            w.writerows(GSM_ROWS)
+    pq.write_table(pa.Table.from_pylist(GSM_ROWS), tmp_path / "gsm.parquet")
+    for path in (array, lines_json, tmp_path / "gsm.csv", tmp_path / "gsm.tsv", tmp_path / "gsm.parquet"):
+        rows, report = read_rows(path, "math")
+        assert rows == expected, path
+        assert report.prompt_field == "question" and report.answer_field == "answer"
+    _, report = read_rows(tmp_path / "gsm.csv", "math")
+    assert report.lines == [2, 4]  # the second record starts on line 4: the first answer spans lines 2-3
+
+
+def test_bad_rows_in_each_format_name_file_and_place(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from verifiers.tasks.fields import read_rows
+
+    array = tmp_path / "bad.json"
+    array.write_text(json.dumps([GSM_ROWS[0], ["not", "an", "object"]]))
+    with pytest.raises(DataError, match=r"bad.json: item 2: expected a JSON object, got list"):
+        read_rows(array, "math")
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n {"question": "A?",\n  "answer": }\n]')
+    with pytest.raises(DataError, match=r"broken.json:3: not valid JSON"):
+        read_rows(broken, "math")
+    short = tmp_path / "short.csv"
+    short.write_text("question,answer\nA?,#### 1\nB?\n")
+    with pytest.raises(DataError, match=r"short.csv:3: expected 2 columns as in the header, got 1"):
+        read_rows(short, "math")
+    headless = tmp_path / "headless.csv"
+    headless.write_text("question,\nA?,#### 1\n")
+    with pytest.raises(DataError, match=r"headless.csv:1: expected a header row naming every column"):
+        read_rows(headless, "math")
+    pq.write_table(pa.Table.from_pylist([GSM_ROWS[0], {"question": None, "answer": "#### 3"}]), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"n.parquet: row 2: field 'question' must be a non-empty string, got NoneType"):
+        read_rows(tmp_path / "n.parquet", "math")
+    not_parquet = _write(tmp_path / "fake.parquet", GSM_ROWS)
+    with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
+        read_rows(not_parquet, "math")
+
+
+def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
+    import builtins
+
+    from verifiers.tasks.fields import read_rows
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(DataError, match=r"x.parquet: reading Parquet needs pyarrow \(`pip install pyarrow`\)"):
+        read_rows(tmp_path / "x.parquet", "math")

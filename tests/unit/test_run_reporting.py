@@ -150,3 +150,15 @@ def test_without_a_terminal_progress_is_plain_lines_and_warnings_are_echoed(tmp_
     assert not any("earlier session" in line or "half" in line for line in err)
     assert sum("verifier-1 killed by SIGKILL: scoring" in line for line in err) == 1
     assert not any("actor-0" in line for line in err)
+
+
+def test_the_preflight_reads_a_users_file_through_the_configured_field_mapping(tmp_path):
+    """[task] prompt_field / answer_field reach the checks `scca run` and `scca doctor` make
+    before any process starts (they used to read the file without the mapping and refuse it)."""
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps({"input": f"{i} + 1 = ?", "target": f"#### {i + 1}"}) + "\n" for i in range(3)))
+    task = {"name": "math", "train_file": str(data), "heldout_file": str(data)}
+    with pytest.raises(InputError, match=r"mine.jsonl:1: no prompt field: expected one of"):
+        check_inputs(parse_config({"task": task}))
+    assert check_inputs(parse_config({"task": {**task, "prompt_field": "input", "answer_field": "target"}})) == {
+        "train": 3, "heldout": 3}

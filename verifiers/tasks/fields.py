@@ -1,4 +1,6 @@
-"""Users' JSONL files -> prompt rows, through a documented field mapping (DESIGN §7).
+"""Users' data files -> prompt rows, through a documented field mapping (DESIGN §7).
+
+Files are read by `protocol.dataset.records`: JSONL, a JSON array, CSV/TSV or Parquet.
 
 Field mapping (`[task] prompt_field` / `answer_field`; empty = the first field present):
   prompt  <- prompt | question (GSM8K) | problem (MATH)
@@ -26,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protocol.dataset import json_objects
+from protocol.dataset import records
 from verifiers.tasks.jsonl import JsonlError
 
 PROMPT_FIELDS = ("prompt", "question", "problem")
@@ -99,7 +101,7 @@ def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_fie
     rows: list[dict] = []
     by_prompt: dict[str, str] = {}  # prompt -> its gold answer / tests
     by_id: dict[str, str] = {}  # id -> prompt
-    for lineno, where, raw in json_objects(path, DataError):
+    for lineno, where, raw in records(path, DataError):
         pf = _pick(raw, prompt_field, PROMPT_FIELDS, "prompt", where)
         af = _pick(raw, answer_field, candidates, "answer", where)
         report.prompt_field, report.answer_field = pf, af
