@@ -184,34 +184,28 @@ def test_data_files_as_datasets_come_json_array_csv_tsv_parquet(tmp_path):
     assert report.lines == [2, 4]  # the second record starts on line 4: the first answer spans lines 2-3
 
 
+BAD_TEXT_FILES = [  # (file name, content, the error it must raise)
+    ("bad.json", json.dumps([GSM_ROWS[0], ["not", "an", "object"]]), r"bad.json: item 2: expected a JSON object, got list"),
+    ("broken.json", '[\n {"question": "A?",\n  "answer": }\n]', r"broken.json:3: not valid JSON"),
+    ("short.csv", "question,answer\nA?,#### 1\nB?\n", r"short.csv:3: expected 2 columns as in the header, got 1"),
+    ("headless.csv", "question,\nA?,#### 1\n", r"headless.csv:1: expected a header row naming every column"),
+    ("fake.parquet", json.dumps(GSM_ROWS[0]) + "\n", r"fake.parquet: not a readable Parquet file"),
+]
+
+
 def test_bad_rows_in_each_format_name_file_and_place(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from verifiers.tasks.fields import read_rows
 
-    array = tmp_path / "bad.json"
-    array.write_text(json.dumps([GSM_ROWS[0], ["not", "an", "object"]]))
-    with pytest.raises(DataError, match=r"bad.json: item 2: expected a JSON object, got list"):
-        read_rows(array, "math")
-    broken = tmp_path / "broken.json"
-    broken.write_text('[\n {"question": "A?",\n  "answer": }\n]')
-    with pytest.raises(DataError, match=r"broken.json:3: not valid JSON"):
-        read_rows(broken, "math")
-    short = tmp_path / "short.csv"
-    short.write_text("question,answer\nA?,#### 1\nB?\n")
-    with pytest.raises(DataError, match=r"short.csv:3: expected 2 columns as in the header, got 1"):
-        read_rows(short, "math")
-    headless = tmp_path / "headless.csv"
-    headless.write_text("question,\nA?,#### 1\n")
-    with pytest.raises(DataError, match=r"headless.csv:1: expected a header row naming every column"):
-        read_rows(headless, "math")
+    for name, content, error in BAD_TEXT_FILES:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(DataError, match=error):
+            read_rows(tmp_path / name, "math")
     pq.write_table(pa.Table.from_pylist([GSM_ROWS[0], {"question": None, "answer": "#### 3"}]), tmp_path / "n.parquet")
     with pytest.raises(DataError, match=r"n.parquet: row 2: field 'question' must be a non-empty string, got NoneType"):
         read_rows(tmp_path / "n.parquet", "math")
-    not_parquet = _write(tmp_path / "fake.parquet", GSM_ROWS)
-    with pytest.raises(DataError, match=r"fake.parquet: not a readable Parquet file"):
-        read_rows(not_parquet, "math")
 
 
 def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
