@@ -30,7 +30,9 @@ order) and the per-seed ratios are printed too, with their geometric mean, its 9
 interval and an exact sign-flip p value (paired, on log ratios), and the per-seed difference
 in learning per step (held-out accuracy averaged over the evaluations at steps 5-50, which
 does not depend on how long a step takes). `--pool DIR ...` re-reads several invocations'
-run folders as one set of seeds. Results: `bench/results/pipeline.json`.
+run folders as one set of seeds, each arm from the folders that hold it, paired with the
+loop by seed (so one-factor arms run later compare with the same loop runs). Results:
+`bench/results/pipeline.json`.
 
     .venv/bin/python bench/pipeline.py [--arms loop,lag0,lag1,lag2] [--repeats 1 | --seeds 0,1,2] \
         [--gain 0.10] [--set learner.eval_every=5 ...] [--out runs/bench-pipeline]
@@ -378,8 +380,9 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
 
 def combine(results: list[dict]) -> dict:
     """Median over repeats of every number; the spread (max/min) of time to target."""
-    out = dict(results[0])
-    for key, v in results[0].items():
+    out = {k: v for k, v in results[0].items() if k != "seed"}
+    out["seeds"] = [r["seed"] for r in results]
+    for key, v in out.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             vals = [r[key] for r in results if r.get(key) is not None]
             out[key] = float(np.median(vals)) if vals else None
@@ -479,15 +482,17 @@ def paired_step_stats(arm: list[dict], loop: list[dict]) -> dict:
 def paired_ratios(results: dict[str, list[dict]], seeds: list) -> dict:
     """Paired comparisons against the loop, seed by seed, printed: time-to-target ratios (and
     their statistics) and the per-step learning difference."""
-    loop = next((v for k, v in results.items() if k.startswith("loop")), None)
-    if not loop:
+    loop_rows = next((v for k, v in results.items() if k.startswith("loop")), None)
+    if not loop_rows:
         return {}
-    out = {k: [ratio(r["time_to_target_s"], lr["time_to_target_s"]) for r, lr in zip(rs, loop)]
-           for k, rs in results.items() if not k.startswith("loop")}
+    loop = {r["seed"]: r for r in loop_rows}  # paired by seed: pooled folders may hold different arms
+    pairs = {k: [(r, loop[r["seed"]]) for r in rs if r["seed"] in loop]
+             for k, rs in results.items() if not k.startswith("loop")}
+    out = {k: [ratio(r["time_to_target_s"], lr["time_to_target_s"]) for r, lr in ps] for k, ps in pairs.items()}
     stats = {k: paired_stats(v) for k, v in out.items()}
-    steps = {k: paired_step_stats(rs, loop) for k, rs in results.items() if not k.startswith("loop")}
+    steps = {k: paired_step_stats([r for r, _ in ps], [lr for _, lr in ps]) for k, ps in pairs.items()}
     for k, rs in out.items():
-        print(f"{k} / loop per seed ({seeds}):", ", ".join(f"{x:.2f}x" if x else "-" for x in rs))
+        print(f"{k} / loop per seed ({[r['seed'] for r, _ in pairs[k]]}):", ", ".join(f"{x:.2f}x" if x else "-" for x in rs))
         st = stats[k]
         if "geomean" in st:
             print(f"  geometric mean {st['geomean']:.2f}x (95% bootstrap {st['ci95'][0]:.2f}-{st['ci95'][1]:.2f}x), "
@@ -525,12 +530,15 @@ def run_invocation(args, specs: list, base: list[str], out_dir: Path, seeds: lis
         for name, sets in (specs if rep % 2 == 0 else specs[::-1]):
             run_dir = out_dir / f"{name}-r{rep}"
             seconds = None
+            if args.pool and not run_dir.is_dir():
+                continue  # a pooled folder need not hold every arm
             if not read_only:
                 print(f"[{time.strftime('%H:%M:%S')}] {name} (repeat {rep}, seed {seed}) load "
                       f"{os.getloadavg()[0]:.1f}", flush=True)
                 seconds = run_arm(name, sets + seed_sets, base, run_dir, args.gain, args.before_tree)
-            results[name].append(summarise(name, run_dir, args.gain, seconds))
-            print(json.dumps({"seed": seed, **results[name][-1]}), flush=True)
+            results[name].append({"seed": f"r{rep}" if seed is None else seed,
+                                  **summarise(name, run_dir, args.gain, seconds)})
+            print(json.dumps(results[name][-1]), flush=True)
     return results
 
 
@@ -568,7 +576,7 @@ def main() -> None:
         for name, rs in run_invocation(args, specs, base, out_dir, out_seeds).items():
             results[name] += rs
         seeds += out_seeds
-    arms = {name: combine(rs) for name, rs in results.items()}
+    arms = {name: combine(rs) for name, rs in results.items() if rs}
     summary = report(arms, args.gain)
     summary.update(paired_ratios(results, seeds))
     out = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]), "gain": args.gain,
