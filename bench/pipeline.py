@@ -479,20 +479,22 @@ def paired_step_stats(arm: list[dict], loop: list[dict]) -> dict:
     return {**out, "mean": float(diffs.mean()), "ci95": list(bootstrap_ci(diffs)), "p_sign_flip": sign_flip_p(diffs)}
 
 
-def paired_ratios(results: dict[str, list[dict]], seeds: list) -> dict:
+def paired_ratios(results: dict[str, list[dict]]) -> dict:
     """Paired comparisons against the loop, seed by seed, printed: time-to-target ratios (and
     their statistics) and the per-step learning difference."""
     loop_rows = next((v for k, v in results.items() if k.startswith("loop")), None)
     if not loop_rows:
         return {}
-    loop = {r["seed"]: r for r in loop_rows}  # paired by seed: pooled folders may hold different arms
+    # paired by seed: pooled folders may hold different arms (a seed the loop ran twice pairs with its last run)
+    loop = {r["seed"]: r for r in loop_rows}
     pairs = {k: [(r, loop[r["seed"]]) for r in rs if r["seed"] in loop]
              for k, rs in results.items() if not k.startswith("loop")}
     out = {k: [ratio(r["time_to_target_s"], lr["time_to_target_s"]) for r, lr in ps] for k, ps in pairs.items()}
     stats = {k: paired_stats(v) for k, v in out.items()}
     steps = {k: paired_step_stats([r for r, _ in ps], [lr for _, lr in ps]) for k, ps in pairs.items()}
     for k, rs in out.items():
-        print(f"{k} / loop per seed ({[r['seed'] for r, _ in pairs[k]]}):", ", ".join(f"{x:.2f}x" if x else "-" for x in rs))
+        print(f"{k} / loop per seed ({[r['seed'] for r, _ in pairs[k]]}):",
+              ", ".join(f"{x:.2f}x" if x else "-" for x in rs))
         st = stats[k]
         if "geomean" in st:
             print(f"  geometric mean {st['geomean']:.2f}x (95% bootstrap {st['ci95'][0]:.2f}-{st['ci95'][1]:.2f}x), "
@@ -571,18 +573,20 @@ def main() -> None:
     base = DEFAULT_SETS + args.set
     results: dict[str, list[dict]] = {name: [] for name, _ in specs}
     seeds: list = []
-    runs = [{"folder": str(d), "seeds": sd, "command": recorded_command(d)} for d, sd in invocations(args)]
+    read_only = args.summarise_only or bool(args.pool)
+    runs = ([{"folder": str(d), "seeds": sd, "command": recorded_command(d)} for d, sd in invocations(args)]
+            if read_only else [])
     for out_dir, out_seeds in invocations(args):
         for name, rs in run_invocation(args, specs, base, out_dir, out_seeds).items():
             results[name] += rs
         seeds += out_seeds
     arms = {name: combine(rs) for name, rs in results.items() if rs}
     summary = report(arms, args.gain)
-    summary.update(paired_ratios(results, seeds))
+    summary.update(paired_ratios(results))
     out = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]), "gain": args.gain,
            "base_sets": base, "seeds": seeds, "arms": arms, "repeats": {k: v for k, v in results.items()},
            "loadavg_end": os.getloadavg(), **summary}
-    if args.summarise_only or args.pool:
+    if read_only:
         out["runs"] = runs  # the invocations whose run folders were read, as each recorded itself
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1))

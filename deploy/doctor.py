@@ -263,8 +263,8 @@ def check_engines(ctx: Context) -> list[Line]:
 
 CHECKS: list[tuple[str, Callable[[Context], list[Line]]]] = [
     ("config", check_config), ("system", check_system), ("model", check_model), ("data", check_data),
-    ("tokenizer", check_tokenizer), ("prompts", check_prompt_format), ("sandbox", check_sandbox), ("ports", check_ports), ("disk", check_disk),
-    ("engines", check_engines),
+    ("tokenizer", check_tokenizer), ("prompts", check_prompt_format), ("sandbox", check_sandbox),
+    ("ports", check_ports), ("disk", check_disk), ("engines", check_engines),
 ]
 
 
