@@ -425,6 +425,10 @@ def run_b(bootstrap_dir, tmp_path_factory):
     try:
         _at_step(run_dir, 2, learner)
         facts["lock"] = fault_ledger_lock(run_dir, learner)
+        # Two steps on fresh groups first: while the lock held the learner, it heard no peer, so
+        # freezing the actors at once would leave them less than peer_timeout_s before they are
+        # dropped, and a dropped actor needs the (then frozen) learner to rejoin.
+        _steps_after(run_dir, time.time(), 2, learner)
         facts["corrupt"] = fault_corrupt_snapshot(run_dir, [peers["actor-0"], peers["actor-1"]], learner)
         facts["kill"] = kill_when_publishing(run_dir, learner.pid, 300)  # 2 (and 5 in a real run)
         facts["killed_at_step"] = steps(run_dir)[-1]["step"]
