@@ -49,8 +49,9 @@ def check_row(row: object, where: str) -> dict:
 
 def json_objects(path: str | Path, error: type[Exception] = DatasetError) -> Iterator[tuple[int, str, dict]]:
     """(1-based line number, "file:line", object) of every non-blank line of a JSONL file.
-    A line that is not JSON, or not a JSON object, raises `error` naming file:line."""
-    with open(path, encoding="utf-8") as f:
+    A line that is not JSON, or not a JSON object, raises `error` naming file:line. A UTF-8
+    byte-order mark (Windows editors write one) is skipped, as `records` does for every format."""
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

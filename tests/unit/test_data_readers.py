@@ -143,6 +143,9 @@ def test_one_line_reader_numbers_lines_skips_blanks_and_raises_the_callers_error
             list(json_objects(bad, error))
     with pytest.raises(JsonlError, match=r"bad.jsonl:3: expected a JSON object"):
         read_jsonl(bad)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"a": 1}).encode() + b"\n")
+    assert list(json_objects(bom)) == [(1, f"{bom}:1", {"a": 1})]  # a byte-order mark is not part of line 1
 
 
 GSM_ROWS = [{"question": "Sam has 9 cards. He buys 5 more. How many?", "answer": "9 + 5 = 14\n#### 14"},
