@@ -203,6 +203,9 @@ def cmd_data(args) -> int:
         write_jsonl(rows, args.out)
         print(json.dumps(report.summary()))
         print(f"wrote {len(rows)} {args.task} prompts to {args.out}")
+        if report.chat_messages:  # the rows keep the user turn only: the system turn goes into the config
+            print("its prompts were chat messages: train with [task] prompt_format = \"chat\""
+                  + (f" and system_prompt = {json.dumps(report.system_prompt)}" if report.system_prompt else ""))
         return 0
     if args.task == "math":
         from verifiers.tasks import jsonl, wordproblems

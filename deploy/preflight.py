@@ -7,7 +7,9 @@ What it does:
     `--resume` names what is missing (the folder, its config, its checkpoint);
   * `check_inputs` reads every data file the config names the way the learner will (a
     generic prompt file, or the task's own JSONL reader) and a given model folder, so a bad
-    row is reported as `FILE:LINE: problem`, not as a traceback in a learner log;
+    row is reported as `FILE:LINE: problem`, not as a traceback in a learner log; a file
+    of chat-message prompts needs `prompt_format = "chat"` and its system turn must be
+    `[task] system_prompt` (`check_chat_data`);
   * `check_reward`: the plug-in reward (`[task] reward`) imports and is callable
     (verifiers/plugin.py);
   * `check_prompts`, on the prepared run (prompt rows in memory, each with the place it
@@ -65,9 +67,12 @@ def read_prompt_file(cfg: RunConfig, split: str, path: str) -> list[dict]:
     if not p.is_file():
         raise InputError(f"{path}: no such file ({key})")
     try:
-        rows = (TASKS[cfg.task.name].load(str(p), prompt_field=cfg.task.prompt_field,
-                                          answer_field=cfg.task.answer_field)
-                if cfg.task.name in JSONL else read_jsonl(p))
+        if cfg.task.name in JSONL:
+            rows, report = TASKS[cfg.task.name].load(str(p), prompt_field=cfg.task.prompt_field,
+                                                     answer_field=cfg.task.answer_field, with_report=True)
+            check_chat_data(cfg, report.summary(), key)
+        else:
+            rows = read_jsonl(p)
     except (DatasetError, JsonlError) as exc:
         raise InputError(f"{exc} ({key})") from None
     except UnicodeDecodeError as exc:
@@ -75,6 +80,22 @@ def read_prompt_file(cfg: RunConfig, split: str, path: str) -> list[dict]:
     if not rows:
         raise InputError(f"{path}: no rows ({key})")
     return rows
+
+
+def check_chat_data(cfg: RunConfig, report: dict, key: str) -> None:
+    """A file whose prompts are chat messages (verifiers/tasks/fields.py) needs the chat
+    format, and its system turn, when it has one, must be the run's `[task] system_prompt`
+    (the run renders one; a file without a system turn gets the config's)."""
+    if not report.get("chat_messages"):
+        return
+    path, system = report["path"], report["system_prompt"]
+    if cfg.task.prompt_format != "chat":
+        raise InputError(f"{path}: its prompts are chat messages, but [task] prompt_format = "
+                         f"{cfg.task.prompt_format!r}: set prompt_format = 'chat' ({key})")
+    if system and system != cfg.task.system_prompt:
+        raise InputError(f"{path}: its prompts carry the system turn {system[:80]!r}, but [task] system_prompt = "
+                         f"{cfg.task.system_prompt[:80]!r}; a run renders one system prompt: set [task] "
+                         f"system_prompt to the file's ({key})")
 
 
 def check_inputs(cfg: RunConfig) -> dict[str, int]:

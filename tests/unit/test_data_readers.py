@@ -207,7 +207,7 @@ def test_bad_rows_in_each_format_name_file_and_place(tmp_path):
         with pytest.raises(DataError, match=error):
             read_rows(tmp_path / name, "math")
     pq.write_table(pa.Table.from_pylist([GSM_ROWS[0], {"question": None, "answer": "#### 3"}]), tmp_path / "n.parquet")
-    with pytest.raises(DataError, match=r"n.parquet: row 2: field 'question' must be a non-empty string, got NoneType"):
+    with pytest.raises(DataError, match=r"n.parquet: row 2: field 'question' must be a non-empty string or chat messages, got NoneType"):
         read_rows(tmp_path / "n.parquet", "math")
 
 
@@ -226,3 +226,90 @@ def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with pytest.raises(DataError, match=r"x.parquet: reading Parquet needs pyarrow \(`pip install pyarrow`\)"):
         read_rows(tmp_path / "x.parquet", "math")
+
+
+SYSTEM = "Reason step by step, then give the final answer after ####."
+
+
+def _verl_row(question: str, answer: str, system: str | None = SYSTEM) -> dict:
+    """A row as verl's data preprocessing writes GSM8K to parquet (prompt as chat messages)."""
+    turns = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": question}]
+    return {"data_source": "openai/gsm8k", "prompt": turns, "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": answer}, "extra_info": {"split": "train", "index": 0}}
+
+
+def test_chat_message_prompts_verl_parquet_and_trl_conversational(tmp_path):
+    """verl's parquet (system + user turns, reward_model.ground_truth) and TRL's conversational
+    JSONL (one user turn, a MATH solution) give plain prompt rows; the system turn is reported."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from verifiers.tasks.fields import read_rows
+
+    pq.write_table(pa.Table.from_pylist([_verl_row("Tom has 3 apples...", "72"), _verl_row("Ann has 1,200 pens...", "1200")]),
+                   tmp_path / "train.parquet")
+    rows, report = read_rows(tmp_path / "train.parquet", "math")
+    assert [(r["prompt"], r["meta"]) for r in rows] == [("Tom has 3 apples...", {"answer": "72"}),
+                                                        ("Ann has 1,200 pens...", {"answer": "1200"})]
+    assert (report.prompt_field, report.answer_field) == ("prompt", "reward_model.ground_truth")
+    assert report.chat_messages and report.system_prompt == SYSTEM
+    trl = _write(tmp_path / "trl.jsonl", [{"prompt": [{"role": "user", "content": "What is 1+2?"}],
+                                           "solution": "1+2 = \\boxed{3}"}])
+    [row], report = read_rows(trl, "math")
+    assert row["prompt"] == "What is 1+2?" and row["meta"] == {"answer": "3", "solution": "1+2 = \\boxed{3}"}
+    assert report.chat_messages and report.system_prompt == ""
+    mapped = _write(tmp_path / "mapped.jsonl", [{"q": {"text": "A?"}, "label": {"value": "7"}}])
+    [row], _ = read_rows(mapped, "math", prompt_field="q.text", answer_field="label.value")
+    assert (row["prompt"], row["meta"]) == ("A?", {"answer": "7"})
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"prompt": [{"role": "user", "content": "A?"}, {"role": "assistant", "content": "1"},
+                  {"role": "user", "content": "B?"}], "answer": "2"}],
+     r"chat.jsonl:1: field 'prompt' has the turns \['user', 'assistant', 'user'\]; a prompt is one user turn, "
+     r"optionally after one system turn \(multi-turn prompts are not supported\)"),
+    ([{"prompt": [{"role": "user", "text": "A?"}], "answer": "1"}],
+     r"chat.jsonl:1: field 'prompt' is a list but not chat messages"),
+    ([_verl_row("A?", "1"), _verl_row("B?", "2", system="Be brief.")],
+     r"chat.jsonl:2: system turn 'Be brief.' differs from the first row's \('Reason step by step"),
+    ([_verl_row("A?", "1"), {"prompt": "B?", "answer": "2"}],
+     r"chat.jsonl:2: the file mixes string prompts and chat-message prompts"),
+    ([{"prompt": [{"role": "user", "content": "A?"}], "reward_model": {"style": "rule"}}],
+     r"chat.jsonl:1: no answer field: expected one of \['answer', 'solution', 'ground_truth', 'reward_model.ground_truth'\]"),
+])
+def test_bad_chat_message_prompts_name_file_and_line(tmp_path, rows, message):
+    f = _write(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(DataError, match=message):
+        math.load(f)
+
+
+def test_preflight_holds_chat_data_against_the_runs_format_and_system_prompt(tmp_path, capsys):
+    """A verl-style file needs prompt_format 'chat' and its own system turn in the config; with
+    both, the run's prompt rows are the user turns (the config's system prompt is the file's)."""
+    from learner.local_models import build_model_folder
+
+    model = build_model_folder(tmp_path / "qwen", "qwen2", seed=2)
+    f = _write(tmp_path / "verl.jsonl", [_verl_row("A?", "1"), _verl_row("B?", "2")])
+    task = {"name": "math", "train_file": str(f), "heldout_file": str(f)}
+    for extra, error in (({}, r"verl.jsonl: its prompts are chat messages, but \[task\] prompt_format = 'raw'"),
+                         ({"prompt_format": "chat"}, r"verl.jsonl: its prompts carry the system turn 'Reason step "
+                                                     r"by step.*', but \[task\] system_prompt = ''")):
+        cfg = parse_config({"task": {**task, **extra}, "model": {"folder": str(model)}})
+        with pytest.raises(ConfigError, match=error):
+            scca_check_inputs(cfg)
+    cfg = parse_config({"task": {**task, "prompt_format": "chat", "system_prompt": SYSTEM}, "model": {"folder": str(model)}})
+    assert scca_check_inputs(cfg) == {"train": 2, "heldout": 2}
+    prepare_run(cfg, tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "data" / "report.json").read_text())
+    assert report["train"]["chat_messages"] and report["train"]["system_prompt"] == SYSTEM
+    train = [json.loads(x) for x in (tmp_path / "run" / "data" / "train.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in train] == ["A?", "B?"]
+    out = tmp_path / "converted.jsonl"
+    assert scca(["data", "math", "--from", str(f), "--out", str(out)]) == 0
+    assert f'system_prompt = {json.dumps(SYSTEM)}' in capsys.readouterr().out
+
+
+def scca_check_inputs(cfg):
+    from deploy.preflight import check_inputs
+
+    return check_inputs(cfg)

@@ -71,7 +71,7 @@ def test_data_files_are_read_before_anything_starts_naming_file_and_line(tmp_pat
         check_inputs(parse_config({"task": {"name": "math"}}))
     math_file = tmp_path / "math.jsonl"
     math_file.write_text('{"prompt": "2+2?", "answer": "4"}\n{"prompt": 3, "answer": "4"}\n')
-    with pytest.raises(InputError, match=rf"{math_file}:2: field 'prompt' must be a non-empty string, got int"):
+    with pytest.raises(InputError, match=rf"{math_file}:2: field 'prompt' must be a non-empty string or chat messages, got int"):
         check_inputs(parse_config({"task": {"name": "math", "train_file": str(math_file), "heldout_file": str(math_file)}}))
     train.write_text(json.dumps(good) + "\n")
     assert check_inputs(cfg) == {"train": 1}

@@ -94,10 +94,10 @@ def load(path, *, prompt_field: str = "", answer_field: str = "", with_report: b
     """Rows {"id", "prompt", "meta": {"tests"[, "rel_tol", "abs_tol"]}} of a {"prompt", "tests"}
     JSONL (field mapping, duplicate merging and file:line errors of verifiers/tasks/fields.py);
     every row's tests must plan (parse, known format). with_report: (rows, Report)."""
-    from verifiers.tasks.fields import DataError, read_rows
+    from verifiers.tasks.fields import DataError, field_value, read_rows
 
     def check(raw: dict, where: str) -> dict:
-        tests = raw.get(answer_field or "tests")
+        tests = field_value(raw, answer_field or "tests")
         if not isinstance(tests, (str, list)):
             raise DataError(f"{where}: tests must be a string or a list, got {type(tests).__name__}")
         try:

@@ -2,9 +2,17 @@
 
 Files are read by `protocol.dataset.records`: JSONL, a JSON array, CSV/TSV or Parquet.
 
-Field mapping (`[task] prompt_field` / `answer_field`; empty = the first field present):
+Field mapping (`[task] prompt_field` / `answer_field`; empty = the first field present; a
+dotted name reads into nested maps, e.g. "reward_model.ground_truth"):
   prompt  <- prompt | question (GSM8K) | problem (MATH)
-  answer  <- answer (GSM8K, or a plain answer) | solution (MATH)
+  answer  <- answer (GSM8K, or a plain answer) | solution (MATH) | ground_truth
+             | reward_model.ground_truth (verl's parquet files)
+A prompt is a string, or chat messages as TRL's conversational format and verl's files
+hold them: [{"role": "user", "content": ...}], optionally after one {"role": "system"}
+turn. The user turn becomes the prompt text; the system turn must be the same in every
+row (the run renders one system prompt, `[task] system_prompt`) and is reported as the
+file's `system_prompt` (deploy/preflight.py holds it against the config). Multi-turn
+prompts (assistant turns, several user turns) are refused, naming the line.
 The gold answer is taken from the answer text (`gold_answer`): the rest of its last
 `#### ` line (GSM8K; commas between digits and `$` removed), else the content of its last
 `\\boxed{...}` (MATH), else the whole text stripped. When the text holds more than the
@@ -17,7 +25,8 @@ differ they are counted as conflicting too. Every error names the file and line:
 JSON, not an object, a missing or mistyped field, an id used for two different prompts.
 
 What it does NOT do: score (the task's scorer does), read files in the learner's generic
-prompt format (protocol/dataset.py), or stream (files are read whole).
+prompt format (protocol/dataset.py), stream (files are read whole), or keep per-row system
+turns, few-shot turns or tools of chat-message prompts.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ from protocol.dataset import records
 from verifiers.tasks.jsonl import JsonlError
 
 PROMPT_FIELDS = ("prompt", "question", "problem")
-ANSWER_FIELDS = ("answer", "solution")
+ANSWER_FIELDS = ("answer", "solution", "ground_truth", "reward_model.ground_truth")
+CHAT_TURNS = (["user"], ["system", "user"])  # the chat-message prompts a row may hold
+_MISSING = object()
 
 
 class DataError(JsonlError):
@@ -49,12 +60,15 @@ class Report:
     duplicates_conflicting: int = 0
     prompt_field: str = ""
     answer_field: str = ""
+    chat_messages: bool = False  # the prompts were given as chat messages
+    system_prompt: str = ""  # their system turn ("" when they have none)
     lines: list[int] = field(default_factory=list, repr=False)  # source line of each kept row
 
     def summary(self) -> dict:
         return {"path": self.path, "rows": self.rows, "duplicates_merged": self.duplicates_merged,
                 "duplicates_conflicting": self.duplicates_conflicting, "prompt_field": self.prompt_field,
-                "answer_field": self.answer_field}
+                "answer_field": self.answer_field, "chat_messages": self.chat_messages,
+                "system_prompt": self.system_prompt}
 
 
 def gold_answer(text: str) -> str:
@@ -75,16 +89,60 @@ def gold_answer(text: str) -> str:
     return text.strip()
 
 
+def field_value(row: dict, name: str) -> object:
+    """row[name], else the dotted path into nested maps ("reward_model.ground_truth"), else _MISSING."""
+    if name in row:
+        return row[name]
+    node: object = row
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def _pick(row: dict, given: str, candidates: tuple[str, ...], what: str, where: str) -> str:
     if given:
-        if given not in row:
+        if field_value(row, given) is _MISSING:
             raise DataError(f"{where}: missing field {given!r} ([task] {what}_field)")
         return given
     for name in candidates:
-        if name in row:
+        if field_value(row, name) is not _MISSING:
             return name
     raise DataError(f"{where}: no {what} field: expected one of {list(candidates)} (or set [task] {what}_field); "
                     f"the row has {sorted(row)}")
+
+
+def _prompt(value: object, name: str, where: str) -> tuple[str, str | None]:
+    """(prompt text, system turn) of a row's prompt field: a string (system None), or chat
+    messages (CHAT_TURNS: the user turn's content, the system turn's or "")."""
+    if isinstance(value, list):
+        if not value or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                and isinstance(m.get("content"), str) for m in value):
+            raise DataError(f"{where}: field {name!r} is a list but not chat messages "
+                            '[{"role": str, "content": str}, ...]')
+        roles = [m["role"] for m in value]
+        if roles not in CHAT_TURNS:
+            raise DataError(f"{where}: field {name!r} has the turns {roles}; a prompt is one user turn, "
+                            "optionally after one system turn (multi-turn prompts are not supported)")
+        value, system = value[-1]["content"], value[0]["content"] if len(value) == 2 else ""
+    else:
+        system = None
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field {name!r} must be a non-empty string or chat messages, "
+                        f"got {type(value).__name__}")
+    return value, system
+
+
+def _same_system(report: Report, system: str | None, where: str, first: bool) -> None:
+    """Every row's prompt has the first row's kind (string or chat messages) and system turn."""
+    if first:
+        report.chat_messages, report.system_prompt = system is not None, system or ""
+    elif (system is not None) != report.chat_messages:
+        raise DataError(f"{where}: the file mixes string prompts and chat-message prompts; use one kind")
+    elif system is not None and system != report.system_prompt:
+        raise DataError(f"{where}: system turn {system[:60]!r} differs from the first row's "
+                        f"({report.system_prompt[:60]!r}); a run renders one system prompt ([task] system_prompt)")
 
 
 def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_field: str = "",
@@ -105,9 +163,9 @@ def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_fie
         pf = _pick(raw, prompt_field, PROMPT_FIELDS, "prompt", where)
         af = _pick(raw, answer_field, candidates, "answer", where)
         report.prompt_field, report.answer_field = pf, af
-        prompt, value = raw[pf], raw[af]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{where}: field {pf!r} must be a non-empty string, got {type(prompt).__name__}")
+        prompt, system = _prompt(field_value(raw, pf), pf, where)
+        _same_system(report, system, where, first=not rows)
+        value = field_value(raw, af)
         if target == "answer":
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise DataError(f"{where}: field {af!r} must be a string or a number, got {type(value).__name__}")
