@@ -152,7 +152,7 @@ def check_prompt_format(ctx: Context) -> list[Line]:
     if tok is None:
         return [(ctx.model_status, "skipped: no model loaded")]
     try:
-        renderer = PromptRenderer(tok, task.prompt_format, task.system_prompt, folder=str(ctx.model_folder))
+        renderer = PromptRenderer.for_task(tok, task, ctx.model_folder)
     except PromptFormatError as exc:
         return [("fail", str(exc))]
     example = ctx.prompts[0] if ctx.prompts else "1+1="

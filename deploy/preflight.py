@@ -140,7 +140,7 @@ def check_prompts(cfg: RunConfig, splits: dict[str, tuple[list[dict], Callable[[
     tokenizer = AutoTokenizer.from_pretrained(folder)
     try:
         eos_ids(tokenizer, folder)
-        renderer = PromptRenderer(tokenizer, cfg.task.prompt_format, cfg.task.system_prompt, folder=str(folder))
+        renderer = PromptRenderer.for_task(tokenizer, cfg.task, folder)
         limit = max_prompt_tokens(cfg.task.max_prompt_tokens, folder, cfg.actor.max_new_tokens)
         return {name: encode_rows(rows, renderer, limit, cfg.task.long_prompts, where)[2]
                 for name, (rows, where) in splits.items()}

@@ -50,7 +50,7 @@ def _load_split(path: str, renderer: PromptRenderer, limit: int | None, policy: 
 def load_prompts(cfg, tokenizer, folder: Path) -> Prompts:
     """Rendered train and held-out prompts of the run (see the module docstring)."""
     task = cfg.task
-    renderer = PromptRenderer(tokenizer, task.prompt_format, task.system_prompt, folder=str(folder))
+    renderer = PromptRenderer.for_task(tokenizer, task, folder)
     limit = max_prompt_tokens(task.max_prompt_tokens, folder, cfg.actor.max_new_tokens)
     train, n_train = _load_split(task.train_file, renderer, limit, task.long_prompts)
     heldout, n_held = _load_split(task.heldout_file, renderer, limit, task.long_prompts)

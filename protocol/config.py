@@ -68,6 +68,11 @@ class TaskConfig(_Section):
         "raw", description="How a prompt becomes token ids (protocol/prompts.py): raw = the text as is; chat = the "
         "tokenizer's chat template with the generation prompt (an instruct model needs it).")
     system_prompt: str = Field("", max_length=8192, description="System turn of the chat format (empty: the template's default).")
+    chat_template_kwargs: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, max_length=16,
+        description="Variables of the chat template, passed to apply_chat_template (chat format only), e.g. "
+        "{enable_thinking = false} for Qwen3 (no thinking block); scca's own arguments (tokenize, "
+        "add_generation_prompt, ...) are refused.")
     max_prompt_tokens: int = Field(
         0, ge=0, le=1_000_000,
         description="Longest prompt in tokens after formatting; 0 = the model's context minus actor.max_new_tokens.")
@@ -75,10 +80,12 @@ class TaskConfig(_Section):
         "error", description="A prompt over max_prompt_tokens: error (names the file and line) or drop and count it; "
         "never truncated.")
     prompt_field: str = Field(
-        "", max_length=128, description="JSONL field holding the prompt; empty = the first of prompt, question, problem.")
+        "", max_length=128, description="Data field holding the prompt (a string or chat messages; a dotted name reads "
+        "into nested fields); empty = the first of prompt, question, problem.")
     answer_field: str = Field(
         "", max_length=128,
-        description="JSONL field holding the answer (math; code: the tests); empty = the first of answer, solution. A '#### x' "
+        description="Data field holding the answer (math; code: the tests); empty = the first of answer, solution, "
+        "ground_truth, reward_model.ground_truth (verl); a dotted name reads into nested fields. A '#### x' "
         "line (GSM8K) or the last \\boxed{x} (MATH) in it is the gold answer; the whole text is kept as the solution.")
     reward: str = Field(
         "", max_length=256, pattern=r"^$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
@@ -104,6 +111,8 @@ class TaskConfig(_Section):
     def _system_prompt_needs_chat(self):
         if self.system_prompt and self.prompt_format != "chat":
             raise ValueError("system_prompt needs prompt_format = 'chat'")
+        if self.chat_template_kwargs and self.prompt_format != "chat":
+            raise ValueError("chat_template_kwargs needs prompt_format = 'chat'")
         return self
 
 

@@ -9,8 +9,11 @@ Formats (a registry: a new format is a new function plus one entry):
   raw   tokenizer(text): the text as is, with the special tokens the tokenizer adds
         itself (e.g. <bos>);
   chat  tokenizer.apply_chat_template([{system}, {"role": "user", "content": text}],
-        add_generation_prompt=True) rendered to a string, then tokenised with
-        add_special_tokens=False (the template writes <bos> and the like itself).
+        add_generation_prompt=True, **template_kwargs) rendered to a string, then tokenised
+        with add_special_tokens=False (the template writes <bos> and the like itself).
+        `template_kwargs` (`[task] chat_template_kwargs`) are the template's own variables,
+        e.g. Qwen3's `enable_thinking = false` (no thinking block: an empty one is written
+        after the generation prompt).
 
 Prompt length: `encode_rows` renders a list of prompt rows and checks each against the
 maximum (`max_prompt_tokens`; 0 = the model's context minus the completion budget). A
@@ -32,26 +35,33 @@ class PromptFormatError(ValueError):
     """A prompt that cannot be rendered or does not fit; names the folder or file:line."""
 
 
-def render_raw(tokenizer, texts: Sequence[str], system_prompt: str) -> list[list[int]]:
+# Arguments of apply_chat_template that scca sets itself: not template variables.
+RESERVED_TEMPLATE_KWARGS = frozenset({"conversation", "messages", "tools", "documents", "chat_template", "tokenize",
+                                      "add_generation_prompt", "continue_final_message", "return_dict",
+                                      "return_tensors", "padding", "truncation", "max_length", "tokenizer_kwargs",
+                                      "return_assistant_tokens_mask"})
+
+
+def render_raw(tokenizer, texts: Sequence[str], system_prompt: str, template_kwargs: dict) -> list[list[int]]:
     """tokenizer(text)["input_ids"] for each text (batched: one call)."""
-    if system_prompt:
-        raise PromptFormatError("a system prompt needs prompt_format = 'chat'")
+    if system_prompt or template_kwargs:
+        raise PromptFormatError("a system prompt or chat template variables need prompt_format = 'chat'")
     return [list(ids) for ids in tokenizer(list(texts))["input_ids"]]
 
 
-def chat_text(tokenizer, text: str, system_prompt: str) -> str:
+def chat_text(tokenizer, text: str, system_prompt: str, **template_kwargs) -> str:
     """The chat template applied to one user turn (after an optional system turn)."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": text})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
 
 
-def render_chat(tokenizer, texts: Sequence[str], system_prompt: str) -> list[list[int]]:
-    rendered = [chat_text(tokenizer, t, system_prompt) for t in texts]
+def render_chat(tokenizer, texts: Sequence[str], system_prompt: str, template_kwargs: dict) -> list[list[int]]:
+    rendered = [chat_text(tokenizer, t, system_prompt, **template_kwargs) for t in texts]
     return [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
 
 
-FORMATS: dict[str, Callable[[object, Sequence[str], str], list[list[int]]]] = {
+FORMATS: dict[str, Callable[[object, Sequence[str], str, dict], list[list[int]]]] = {
     "raw": render_raw,
     "chat": render_chat,
 }
@@ -80,7 +90,14 @@ class PromptRenderer:
     format: str = "raw"
     system_prompt: str = ""
     folder: str = ""  # for error messages and the record
+    template_kwargs: tuple[tuple[str, object], ...] = ()  # chat template variables, e.g. (("enable_thinking", False),)
     _fn: Callable = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def for_task(cls, tokenizer, task, folder: str | Path) -> "PromptRenderer":
+        """The renderer of a run's `[task]` section (format, system prompt, template variables)."""
+        return cls(tokenizer, task.prompt_format, task.system_prompt, folder=str(folder),
+                   template_kwargs=tuple(sorted(task.chat_template_kwargs.items())))
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -89,21 +106,25 @@ class PromptRenderer:
             raise PromptFormatError(
                 f"model folder {self.folder or '?'} has no chat template (tokenizer_config.json / "
                 "chat_template.jinja), but [task] prompt_format = 'chat'; add a template or use 'raw'")
-        if self.format == "raw" and self.system_prompt:
-            raise PromptFormatError("[task] system_prompt needs prompt_format = 'chat'")
+        if self.format == "raw" and (self.system_prompt or self.template_kwargs):
+            raise PromptFormatError("[task] system_prompt and chat_template_kwargs need prompt_format = 'chat'")
+        reserved = sorted(RESERVED_TEMPLATE_KWARGS & {k for k, _ in self.template_kwargs})
+        if reserved:
+            raise PromptFormatError(f"[task] chat_template_kwargs: {reserved} are set by scca, not template variables")
         object.__setattr__(self, "_fn", FORMATS[self.format])
 
     def encode(self, text: str) -> list[int]:
-        return self._fn(self.tokenizer, [text], self.system_prompt)[0]
+        return self.encode_many([text])[0]
 
     def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._fn(self.tokenizer, texts, self.system_prompt) if texts else []
+        return self._fn(self.tokenizer, texts, self.system_prompt, dict(self.template_kwargs)) if texts else []
 
     def record(self, example: str) -> dict:
         """What the run folder keeps about the resolved format (prompt_format.json)."""
         template = getattr(self.tokenizer, "chat_template", None) or ""
         ids = self.encode(example)
         return {"format": self.format, "system_prompt": self.system_prompt, "folder": self.folder,
+                "chat_template_kwargs": dict(self.template_kwargs),
                 "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
                 "example_prompt": example, "example_rendered": self.tokenizer.decode(ids), "example_token_ids": ids}
 

@@ -45,8 +45,34 @@ def test_raw_and_chat_render_what_the_tokenizer_says(qwen):
     assert text.startswith("<|im_start|>system\nAnswer with #### x.<|im_end|>") and text.endswith("<|im_start|>assistant\n")
     assert chat.encode(QUESTIONS[0]) == tok(text, add_special_tokens=False)["input_ids"]
     assert chat.encode_many(QUESTIONS) == [chat.encode(q) for q in QUESTIONS]
-    with pytest.raises(PromptFormatError, match="system_prompt needs prompt_format = 'chat'"):
+    with pytest.raises(PromptFormatError, match="system_prompt and chat_template_kwargs need prompt_format = 'chat'"):
         PromptRenderer(tok, "raw", "be brief")
+
+
+# The tail of Qwen3's chat template: with enable_thinking false, an empty thinking block follows the generation prompt.
+THINKING_TEMPLATE = (
+    "{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}")
+
+
+def test_chat_template_variables_reach_the_template(qwen, tmp_path):
+    """`[task] chat_template_kwargs` (Qwen3's enable_thinking) changes the rendered ids the run
+    trains on, through the same for_task renderer the learner, preflight and doctor build."""
+    tok = AutoTokenizer.from_pretrained(qwen)
+    tok.chat_template = THINKING_TEMPLATE
+    task = {"prompt_format": "chat", "system_prompt": "Be brief."}
+    plain = PromptRenderer.for_task(tok, parse_config({"task": task}).task, qwen)
+    off = PromptRenderer.for_task(tok, parse_config({"task": {**task, "chat_template_kwargs": {"enable_thinking": False}}}).task, qwen)
+    assert tok.decode(plain.encode(QUESTIONS[1])).endswith("<|im_start|>assistant\n")
+    assert tok.decode(off.encode(QUESTIONS[1])).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert off.encode_many(QUESTIONS) == [off.encode(q) for q in QUESTIONS]
+    assert off.record(QUESTIONS[1])["chat_template_kwargs"] == {"enable_thinking": False}
+    with pytest.raises(PromptFormatError, match=r"chat_template_kwargs: \['tokenize'\] are set by scca"):
+        PromptRenderer(tok, "chat", template_kwargs=(("tokenize", True),))
+    with pytest.raises(ValueError, match="chat_template_kwargs needs prompt_format = 'chat'"):
+        parse_config({"task": {"chat_template_kwargs": {"enable_thinking": False}}})
 
 
 def test_a_chat_model_without_template_is_an_error_naming_the_folder(qwen, tmp_path):
