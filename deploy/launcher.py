@@ -49,7 +49,7 @@ def _die_with_parent() -> None:
 def prompt_rows(cfg: RunConfig, split: str, given: str) -> tuple[list[dict], dict | None]:
     """Rows for the learner's generic prompt file (resolved_config decides when one is needed),
     and for a user's file what reading it found (verifiers/tasks/fields.py Report, with the
-    source line of each row under "lines").
+    place of each row, "file:line", under "places").
 
     Procedural tasks (arith, countdown) generate rows when no file is given; JSONL tasks
     (math, code) convert the user's file through the field mapping of `[task]`."""
@@ -61,7 +61,7 @@ def prompt_rows(cfg: RunConfig, split: str, given: str) -> tuple[list[dict], dic
             raise ValueError(f"task {cfg.task.name!r} reads its prompts from [task] {split}_file; none given")
         rows, report = task.load(given, prompt_field=cfg.task.prompt_field, answer_field=cfg.task.answer_field,
                                  with_report=True)
-        return rows, {**report.summary(), "lines": report.lines}
+        return rows, {**report.summary(), "places": report.places}
     assert cfg.task.name in PROCEDURAL and not given
     n = cfg.task.train_size if split == "train" else cfg.task.heldout_size
     return task.generate(cfg.task.seed, n, split, **cfg.task.generator_kwargs()), None
@@ -93,15 +93,15 @@ def prepare_run(cfg: RunConfig, run_dir: Path) -> RunConfig:
         path = Path(getattr(resolved.task, f"{split}_file"))
         if path.parent == (run_dir / "data").resolve():  # generated or converted here, not used in place
             rows, report = prompt_rows(cfg, split, given)
-            lines = report.pop("lines") if report else list(range(1, len(rows) + 1))
-            source = report["path"] if report else str(path)
+            places = report.pop("places") if report else [f"{path}:{n}" for n in range(1, len(rows) + 1)]
             write_jsonl(rows, path)
             if report:
                 reports[split] = report
         else:
-            lines = []
-            rows, source = read_jsonl(path, lines), str(path)
-        splits[split] = (rows, lambda i, source=source, lines=lines: f"{source}:{lines[i]}")
+            lines: list[int] = []
+            rows = read_jsonl(path, lines)
+            places = [f"{path}:{n}" for n in lines]
+        splits[split] = (rows, places.__getitem__)
     for split, n in check_prompts(resolved, splits).items():
         reports.setdefault(split, {})["dropped_too_long"] = n
     if reports:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol.config import ConfigError, RunConfig
-from protocol.dataset import DatasetError, read_jsonl
+from protocol.dataset import GLOB_CHARS, DatasetError, read_jsonl
 from protocol.prompts import PromptFormatError, PromptRenderer, encode_rows, max_prompt_tokens
 from protocol.tokens import TokenError, eos_ids
 
@@ -64,7 +64,10 @@ def read_prompt_file(cfg: RunConfig, split: str, path: str) -> list[dict]:
 
     key = f"[task] {split}_file"
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise InputError(f"{path}: is a folder: name one file, or its shards with a glob pattern "
+                         f"such as {p / 'train-*.parquet'} ({key})")
+    if not p.is_file() and not (cfg.task.name in JSONL and any(c in path for c in GLOB_CHARS)):
         raise InputError(f"{path}: no such file ({key})")
     try:
         if cfg.task.name in JSONL:

@@ -11,6 +11,10 @@ JSONL (any other suffix), `.json` (one array of objects, or JSON Lines under a .
 `.csv` / `.tsv` (a header row; every value a string) and `.parquet` (with pyarrow, an
 optional dependency: `pip install pyarrow`). Its errors name `file:line` (JSONL, CSV: the
 line the record starts on) or `file: item N` / `file: row N` (JSON arrays, Parquet; 1-based).
+A data path may be a glob pattern naming several files, as datasets come in shards
+(`data/train-*.parquet`): `data_files` expands it, sorted by name, and `records` reads them
+in that order as one dataset, each error naming its own file. A folder is refused with a
+hint (a dataset folder often holds several splits: name the files of one).
 
 What it does not do: no streaming of huge files (rows are held in memory), no schema for
 `meta` (each task's scorer owns its own), no nested Parquet columns beyond what
@@ -20,6 +24,7 @@ What it does not do: no streaming of huge files (rows are held in memory), no sc
 from __future__ import annotations
 
 import csv
+import glob
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,10 +70,35 @@ def json_objects(path: str | Path, error: type[Exception] = DatasetError) -> Ite
             yield lineno, where, row
 
 
+GLOB_CHARS = "*?["  # a data path holding one of these (and naming no file) is a glob pattern
+
+
+def data_files(path: str | Path, error: type[Exception] = DatasetError) -> list[Path]:
+    """The files a data path names: itself, or the files its glob pattern matches (sorted by
+    name, at least one). A folder raises `error` with a hint; a missing file is left to the
+    reader (opening it says so)."""
+    p = Path(path)
+    if p.is_dir():
+        raise error(f"{path}: is a folder; name its files, e.g. {p / 'train-*.parquet'} (a glob pattern) "
+                    "or one file (a dataset folder may hold several splits)")
+    if p.exists() or not any(c in str(path) for c in GLOB_CHARS):
+        return [p]
+    files = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
+    if not files:
+        raise error(f"{path}: no file matches this pattern")
+    return files
+
+
 def records(path: str | Path, error: type[Exception] = DatasetError) -> Iterator[tuple[int, str, dict]]:
-    """(1-based line or item number, where-string for errors, object) of every record of a
-    user's data file, in the format its suffix names (module docstring)."""
-    suffix = Path(path).suffix.lower()
+    """(1-based line or item number in its file, where-string for errors, object) of every
+    record of a user's data file, or of the files its glob pattern names, in the format each
+    file's suffix names (module docstring)."""
+    for file in data_files(path, error):
+        yield from _file_records(file, error)
+
+
+def _file_records(path: Path, error: type[Exception]) -> Iterator[tuple[int, str, dict]]:
+    suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return _csv_records(path, "\t" if suffix == ".tsv" else ",", error)
     if suffix == ".parquet":

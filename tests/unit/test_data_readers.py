@@ -313,3 +313,40 @@ def scca_check_inputs(cfg):
     from deploy.preflight import check_inputs
 
     return check_inputs(cfg)
+
+
+def test_sharded_data_through_a_glob_pattern(tmp_path):
+    """Shards as the Hub ships them (`train-0000i-of-00002.parquet`) read in name order as one
+    dataset; an error names its own shard and row; a folder or a pattern matching nothing is
+    refused before anything starts, and the launcher names the shard of a too-long prompt."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deploy.preflight import check_inputs
+    from learner.local_models import build_model_folder
+    from verifiers.tasks.fields import read_rows
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pylist(GSM_ROWS[1:]), data / "train-00001-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist(GSM_ROWS[:1]), data / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist([{"question": "Held out?", "answer": "#### 9"}]), data / "test-00000-of-00001.parquet")
+    rows, report = read_rows(data / "train-*.parquet", "math")
+    assert rows == _expected(tmp_path)  # the shards in name order = the rows of the one file
+    assert report.places == [f"{data / 'train-00000-of-00002.parquet'}: row 1", f"{data / 'train-00001-of-00002.parquet'}: row 1"]
+    pq.write_table(pa.Table.from_pylist([{"question": "B?", "answer": "3"}, {"question": None, "answer": "1"}]),
+                   data / "train-00001-of-00002.parquet")
+    with pytest.raises(DataError, match=r"train-00001-of-00002.parquet: row 2: field 'question' must be"):
+        read_rows(data / "train-*.parquet", "math")
+    task = {"name": "math", "train_file": str(data), "heldout_file": str(data / "test-*.parquet")}
+    for train, error in ((str(data), r"data: is a folder: name one file, or its shards with a glob pattern"),
+                         (str(data / "valid-*.parquet"), r"valid-\*.parquet: no file matches this pattern")):
+        with pytest.raises(ConfigError, match=error):
+            check_inputs(parse_config({"task": {**task, "train_file": train}}))
+    pq.write_table(pa.Table.from_pylist([{"question": "B " * 200 + "?", "answer": "#### 2"}]), data / "train-00001-of-00002.parquet")
+    model = build_model_folder(tmp_path / "qwen", "qwen2", seed=2)
+    cfg = parse_config({"task": {**task, "train_file": str(data / "train-*.parquet"), "prompt_format": "chat",
+                                 "max_prompt_tokens": 100}, "model": {"folder": str(model)}})
+    assert check_inputs(cfg) == {"train": 2, "heldout": 1}
+    with pytest.raises(ConfigError, match=r"train-00001-of-00002.parquet: row 1: prompt is \d+ tokens"):
+        prepare_run(cfg, tmp_path / "run")

@@ -1,6 +1,7 @@
 """Users' data files -> prompt rows, through a documented field mapping (DESIGN §7).
 
-Files are read by `protocol.dataset.records`: JSONL, a JSON array, CSV/TSV or Parquet.
+Files are read by `protocol.dataset.records`: JSONL, a JSON array, CSV/TSV or Parquet, one
+file or the shards a glob pattern names (`data/train-*.parquet`).
 
 Field mapping (`[task] prompt_field` / `answer_field`; empty = the first field present; a
 dotted name reads into nested maps, e.g. "reward_model.ground_truth"):
@@ -62,7 +63,8 @@ class Report:
     answer_field: str = ""
     chat_messages: bool = False  # the prompts were given as chat messages
     system_prompt: str = ""  # their system turn ("" when they have none)
-    lines: list[int] = field(default_factory=list, repr=False)  # source line of each kept row
+    lines: list[int] = field(default_factory=list, repr=False)  # source line (or item) of each kept row in its file
+    places: list[str] = field(default_factory=list, repr=False)  # "file:line" (or "file: row N") of each kept row
 
     def summary(self) -> dict:
         return {"path": self.path, "rows": self.rows, "duplicates_merged": self.duplicates_merged,
@@ -188,6 +190,7 @@ def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_fie
         by_prompt[prompt], by_id[rid] = key, prompt
         rows.append({"id": rid, "prompt": prompt, "meta": meta})
         report.lines.append(lineno)
+        report.places.append(where)
     if not rows:
         raise DataError(f"{path}: no rows")
     report.rows = len(rows)
