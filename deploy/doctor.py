@@ -76,7 +76,9 @@ def check_model(ctx: Context) -> list[Line]:
         if not cfg.model.folder:
             ctx.model_status = "warn"
             return [("warn", f"{folder}: no bootstrap model yet; `scca run` builds it (a few minutes on 2 cores)")]
-        return [("fail", f"{folder}: not a model folder (no config.json) ([model] folder)")]
+        from deploy.preflight import not_a_model_folder
+
+        return [("fail", not_a_model_folder(folder))]
     try:
         model = AutoModelForCausalLM.from_pretrained(folder)
         ctx.tokenizer = AutoTokenizer.from_pretrained(folder)

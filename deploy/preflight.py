@@ -101,12 +101,25 @@ def check_chat_data(cfg: RunConfig, report: dict, key: str) -> None:
                          f"system_prompt to the file's ({key})")
 
 
+def not_a_model_folder(folder: Path) -> str:
+    """Why `folder` (without config.json) is not a model folder, and, for a Hugging Face hub
+    cache entry (models--ORG--NAME/ with refs/ and snapshots/), the snapshot folder to name."""
+    text = f"{folder}: not a model folder (no config.json) ([model] folder)"
+    ref = folder / "refs" / "main"
+    snapshots = sorted(p for p in (folder / "snapshots").glob("*") if (p / "config.json").is_file())
+    if ref.is_file() and (folder / "snapshots" / ref.read_text().strip() / "config.json").is_file():
+        return f"{text}; it is a Hugging Face cache entry: use {folder / 'snapshots' / ref.read_text().strip()}"
+    if snapshots:
+        return f"{text}; it is a Hugging Face cache entry: use {snapshots[-1]}"
+    return text
+
+
 def check_inputs(cfg: RunConfig) -> dict[str, int]:
     """Every file the run will read, read now; returns rows per split that comes from a file."""
     from verifiers.tasks import JSONL
 
     if cfg.model.folder and not (Path(cfg.model.folder) / "config.json").is_file():
-        raise InputError(f"{cfg.model.folder}: not a model folder (no config.json) ([model] folder)")
+        raise InputError(not_a_model_folder(Path(cfg.model.folder)))
     counts = {}
     for split in ("train", "heldout"):
         path = getattr(cfg.task, f"{split}_file")

@@ -162,3 +162,27 @@ def test_the_preflight_reads_a_users_file_through_the_configured_field_mapping(t
         check_inputs(parse_config({"task": task}))
     assert check_inputs(parse_config({"task": {**task, "prompt_field": "input", "answer_field": "target"}})) == {
         "train": 3, "heldout": 3}
+
+
+def test_a_hugging_face_cache_entry_names_its_snapshot(tmp_path):
+    """[model] folder at models--ORG--NAME/ (the hub cache's layout: refs/main -> snapshots/HASH,
+    whose files link into blobs/) is refused naming the snapshot folder to use, which then passes."""
+    import shutil
+
+    from learner.local_models import build_model_folder
+
+    built = build_model_folder(tmp_path / "built", "qwen2", seed=1)
+    entry = tmp_path / "hub" / "models--acme--tiny-qwen"
+    snapshot, blobs = entry / "snapshots" / ("ab12" * 10), entry / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for f in built.iterdir():
+        shutil.copy(f, blobs / f.name)
+        (snapshot / f.name).symlink_to(blobs / f.name)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text("ab12" * 10)
+    task = {"name": "arith"}
+    with pytest.raises(InputError, match=rf"{entry}: not a model folder \(no config.json\) \(\[model\] folder\); it is a "
+                                         rf"Hugging Face cache entry: use {snapshot}"):
+        check_inputs(parse_config({"task": task, "model": {"folder": str(entry)}}))
+    assert check_inputs(parse_config({"task": task, "model": {"folder": str(snapshot)}})) == {}
