@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol.config import ConfigError, RunConfig
-from protocol.dataset import GLOB_CHARS, DatasetError, read_jsonl
+from protocol.dataset import DatasetError, data_files, read_jsonl
 from protocol.prompts import PromptFormatError, PromptRenderer, encode_rows, max_prompt_tokens
 from protocol.tokens import TokenError, eos_ids
 
@@ -64,12 +64,10 @@ def read_prompt_file(cfg: RunConfig, split: str, path: str) -> list[dict]:
 
     key = f"[task] {split}_file"
     p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{path}: is a folder: name one file, or its shards with a glob pattern "
-                         f"such as {p / 'train-*.parquet'} ({key})")
-    if not p.is_file() and not (cfg.task.name in JSONL and any(c in path for c in GLOB_CHARS)):
-        raise InputError(f"{path}: no such file ({key})")
     try:
+        files = data_files(p) if cfg.task.name in JSONL else [p]  # a task's data may be shards (a glob pattern)
+        if not files[0].is_file():
+            raise InputError(f"{path}: {'is a folder, not a file' if p.is_dir() else 'no such file'} ({key})")
         if cfg.task.name in JSONL:
             rows, report = TASKS[cfg.task.name].load(str(p), prompt_field=cfg.task.prompt_field,
                                                      answer_field=cfg.task.answer_field, with_report=True)
@@ -107,11 +105,9 @@ def not_a_model_folder(folder: Path) -> str:
     text = f"{folder}: not a model folder (no config.json) ([model] folder)"
     ref = folder / "refs" / "main"
     snapshots = sorted(p for p in (folder / "snapshots").glob("*") if (p / "config.json").is_file())
-    if ref.is_file() and (folder / "snapshots" / ref.read_text().strip() / "config.json").is_file():
-        return f"{text}; it is a Hugging Face cache entry: use {folder / 'snapshots' / ref.read_text().strip()}"
-    if snapshots:
-        return f"{text}; it is a Hugging Face cache entry: use {snapshots[-1]}"
-    return text
+    if ref.is_file() and folder / "snapshots" / ref.read_text().strip() in snapshots:
+        snapshots.append(folder / "snapshots" / ref.read_text().strip())  # the one refs/main names goes last
+    return f"{text}; it is a Hugging Face cache entry: use {snapshots[-1]}" if snapshots else text
 
 
 def check_inputs(cfg: RunConfig) -> dict[str, int]:

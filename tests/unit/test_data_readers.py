@@ -339,7 +339,7 @@ def test_sharded_data_through_a_glob_pattern(tmp_path):
     with pytest.raises(DataError, match=r"train-00001-of-00002.parquet: row 2: field 'question' must be"):
         read_rows(data / "train-*.parquet", "math")
     task = {"name": "math", "train_file": str(data), "heldout_file": str(data / "test-*.parquet")}
-    for train, error in ((str(data), r"data: is a folder: name one file, or its shards with a glob pattern"),
+    for train, error in ((str(data), r"data: is a folder; name its files, e.g. .*train-\*.parquet \(a glob pattern\)"),
                          (str(data / "valid-*.parquet"), r"valid-\*.parquet: no file matches this pattern")):
         with pytest.raises(ConfigError, match=error):
             check_inputs(parse_config({"task": {**task, "train_file": train}}))
