@@ -40,7 +40,7 @@ def test_gsm8k_math_and_prompt_answer_shapes_are_read(tmp_path):
     mapped = _write(tmp_path / "mapped.jsonl", [{"input": "3+4?", "target": "7", "question": "ignored"}])
     rows, report = math.load(mapped, prompt_field="input", answer_field="target", with_report=True)
     assert rows[0]["prompt"] == "3+4?" and rows[0]["meta"]["answer"] == "7"
-    assert (report.prompt_field, report.answer_field, report.lines) == ("input", "target", [1])
+    assert (report.prompt_field, report.answer_field, report.places) == ("input", "target", [f"{mapped}:1"])
 
 
 def test_duplicates_are_merged_and_counted_not_fatal(tmp_path):
@@ -50,7 +50,7 @@ def test_duplicates_are_merged_and_counted_not_fatal(tmp_path):
                                       {"question": "A?", "answer": "#### 3"}])
     rows, report = math.load(f, with_report=True)
     assert [r["prompt"] for r in rows] == ["A?", "B?"] and rows[0]["meta"]["answer"] == "1"  # the first is kept
-    assert (report.duplicates_merged, report.duplicates_conflicting, report.lines) == (2, 1, [1, 3])
+    assert (report.duplicates_merged, report.duplicates_conflicting, report.places) == (2, 1, [f"{f}:1", f"{f}:3"])
 
 
 @pytest.mark.parametrize("lines, message", [
@@ -184,7 +184,7 @@ def test_data_files_as_datasets_come_json_array_csv_tsv_parquet(tmp_path):
         assert rows == expected, path
         assert report.prompt_field == "question" and report.answer_field == "answer"
     _, report = read_rows(tmp_path / "gsm.csv", "math")
-    assert report.lines == [2, 4]  # the second record starts on line 4: the first answer spans lines 2-3
+    assert report.places == [f"{tmp_path / 'gsm.csv'}:2", f"{tmp_path / 'gsm.csv'}:4"]  # the first answer spans lines 2-3
 
 
 BAD_TEXT_FILES = [  # (file name, content, the error it must raise)

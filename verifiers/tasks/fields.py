@@ -63,7 +63,6 @@ class Report:
     answer_field: str = ""
     chat_messages: bool = False  # the prompts were given as chat messages
     system_prompt: str = ""  # their system turn ("" when they have none)
-    lines: list[int] = field(default_factory=list, repr=False)  # source line (or item) of each kept row in its file
     places: list[str] = field(default_factory=list, repr=False)  # "file:line" (or "file: row N") of each kept row
 
     def summary(self) -> dict:
@@ -161,7 +160,7 @@ def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_fie
     rows: list[dict] = []
     by_prompt: dict[str, str] = {}  # prompt -> its gold answer / tests
     by_id: dict[str, str] = {}  # id -> prompt
-    for lineno, where, raw in records(path, DataError):
+    for _, where, raw in records(path, DataError):
         pf = _pick(raw, prompt_field, PROMPT_FIELDS, "prompt", where)
         af = _pick(raw, answer_field, candidates, "answer", where)
         report.prompt_field, report.answer_field = pf, af
@@ -189,7 +188,6 @@ def read_rows(path: str | Path, task: str, *, target: str = "answer", prompt_fie
             raise DataError(f"{where}: id {rid!r} is already used by another prompt")
         by_prompt[prompt], by_id[rid] = key, prompt
         rows.append({"id": rid, "prompt": prompt, "meta": meta})
-        report.lines.append(lineno)
         report.places.append(where)
     if not rows:
         raise DataError(f"{path}: no rows")
