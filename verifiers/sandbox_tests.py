@@ -144,8 +144,8 @@ def judge(plan: Plan, report: dict | None) -> tuple[float, str]:
         spec = plan.checks.get(n)
         try:
             ok = _check_one(spec, r) if spec else r.get("ok") == 1
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError):
-            return 0.0, f"bad_record (step {n})"
+        except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RecursionError):
+            return 0.0, f"bad_record (step {n})"  # an answer the host cannot judge is no answer
         if not ok:
             return 0.0, f"wrong_answer (check {order[n]})" if spec else f"bad_record (step {n})"
         n += 1

@@ -17,7 +17,12 @@ Comparison rules (`values_match`), Python's `==` with two stated relaxations:
     str/list/tuple/set subclasses (namedtuple, IntEnum) as their base type, Fraction and
     Decimal as exact numbers.
 list vs tuple stay different unless the expected value came from JSON (`loose_seq`).
-Anything else (objects, generators, classes) arrives as "unencodable" and matches nothing.
+Anything else (objects, generators, classes) arrives as "unencodable" and matches nothing,
+as does a set or dict whose items share hashes (`MIN_DISTINCT_HASHES`: int and tuple hashes
+are predictable, and colliding items would make building it on the host quadratic), and a
+Fraction or Decimal that is not a number. Membership (`in`, `not in`) of something that
+Python could not test (a non-container, a non-str in a str) fails either way, as the
+TypeError would fail the test.
 
 Does NOT: evaluate anything; trust anything the sandbox says about its own success.
 """
@@ -27,6 +32,8 @@ import math
 MAX_DEPTH = 64            # nesting limit of encoded values
 MAX_FRACTION_HEX = 2048   # hex digits of a Fraction's numerator/denominator (gcd cost)
 MAX_DECIMAL_EXP = 4000    # |exponent| above which a Decimal is compared as a float
+HASH_CHECK_MIN = 64       # sets/dicts of at least this many items have their hashes checked first
+MIN_DISTINCT_HASHES = 0.5 # ... and are refused (unencodable) below this share of distinct hashes
 NUMERIC = ("i", "f", "q", "D", "c", "b")
 
 
@@ -114,23 +121,39 @@ def decode_value(e, depth=0):
     if (tag == "q" and n == 3 and type(e[1]) is str and type(e[2]) is str
             and len(e[1]) + len(e[2]) <= 2 * MAX_FRACTION_HEX):
         from fractions import Fraction
-        return Fraction(int(e[1], 16), int(e[2], 16))
+        den = int(e[2], 16)
+        return Fraction(int(e[1], 16), den) if den else Unencodable("Fraction")
     if tag == "D" and n == 2 and type(e[1]) is str and len(e[1]) < 4096:
-        from decimal import Decimal
-        return Decimal(e[1])
+        from decimal import Decimal, InvalidOperation
+        try:
+            return Decimal(e[1])
+        except InvalidOperation:           # an object posing as a Decimal, with a str() that is not one
+            return Unencodable("Decimal")
     if tag in ("l", "t", "S", "F") and n == 2 and type(e[1]) is list:
         items = [decode_value(x, depth + 1) for x in e[1]]
+        if tag in ("S", "F") and not _hashes_spread(items):
+            return Unencodable("colliding_hashes")
         return {"l": list, "t": tuple, "S": set, "F": frozenset}[tag](items)
     if tag == "d" and n == 2 and type(e[1]) is list:
-        out = {}
+        pairs = []
         for kv in e[1]:
             if type(kv) is not list or len(kv) != 2:
                 raise ValueError("malformed value")
-            out[decode_value(kv[0], depth + 1)] = decode_value(kv[1], depth + 1)
-        return out
+            pairs.append((decode_value(kv[0], depth + 1), decode_value(kv[1], depth + 1)))
+        if not _hashes_spread([k for k, _ in pairs]):
+            return Unencodable("colliding_hashes")
+        return dict(pairs)
     if tag == "?" and n == 2:
         return Unencodable(str(e[1])[:64])
     raise ValueError("malformed value")
+
+
+def _hashes_spread(keys):
+    """False when many keys share a hash (building a set/dict of them would be quadratic);
+    raises TypeError for an unhashable key, as building it would."""
+    if len(keys) < HASH_CHECK_MIN:
+        return True
+    return len(set(map(hash, keys))) >= MIN_DISTINCT_HASHES * len(keys)  # hash values of hashes do not collide
 
 
 def _is_number(x):
@@ -187,16 +210,20 @@ def values_match(a, e, rel_tol=1e-9, abs_tol=0.0, loose_seq=False):
 def _order(op, a, e):
     try:
         return {"lt": a < e, "le": a <= e, "gt": a > e, "ge": a >= e}[op]
-    except TypeError:
+    except (TypeError, ArithmeticError):   # unorderable, or a Decimal NaN (InvalidOperation)
         return False
 
 
 def _member(a, container, rt, at):
-    if type(container) is str:
-        return type(a) is str and a in container
+    """Is `a` in `container`, under values_match; None where Python's `in` would raise
+    TypeError (a non-container, a non-str in a str, an unhashable item in a set or dict)."""
+    if type(container) in (str, bytes):
+        return a in container if type(a) is type(container) else None
+    if type(container) in (set, frozenset, dict) and type(a) in (list, dict, set):
+        return None
     if type(container) in (list, tuple, set, frozenset, dict):
         return any(values_match(a, x, rt, at) for x in container)
-    return False
+    return None
 
 
 def satisfied(spec, a, expected=None):
@@ -219,9 +246,11 @@ def satisfied(spec, a, expected=None):
     if op in ("lt", "le", "gt", "ge"):
         return _order(op, a, expected)
     if op in ("in", "notin"):
-        return _member(a, expected, rt, at) == (op == "in")
+        found = _member(a, expected, rt, at)
+        return found is not None and found == (op == "in")
     if op in ("contains", "notcontains"):
-        return _member(expected, a, rt, at) == (op == "contains")
+        found = _member(expected, a, rt, at)
+        return found is not None and found == (op == "contains")
     if op == "truthy":
         return bool(a)
     if op == "falsy":

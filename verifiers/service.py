@@ -8,7 +8,9 @@ per-completion timeout counted from when a worker takes it -> `verdicts` stamped
 task's verifier version. A completion that times out gets reward 0 with reason `timeout`
 and the stuck pool is replaced; completions that were running beside it in that pool are
 scored again on the new one, so one hostile completion never zeroes its siblings, other
-jobs, or blocks the learner. A learner silent for
+jobs, or blocks the learner. A scorer that raises on a completion (a scorer bug, or an
+answer built to crash it) scores that completion 0 with reason `scorer_error` (logged,
+counted, not cached), so the job still gets every verdict. A learner silent for
 `peer_timeout_s` means reconnect and say hello again; a `not_registered` answer (the
 learner restarted) means hello again at once. The verifier exits 0 when the learner says
 the run is over (`run_over`), and keeps reconnecting while the learner is merely gone.
@@ -44,6 +46,7 @@ log = logging.getLogger("scca.verifier")
 P = "scca_verifier_"
 JOBS = Counter(P + "jobs_total", "verify jobs answered", ["task"])
 TIMEOUTS = Counter(P + "timeouts_total", "completions that hit the timeout")
+SCORER_ERRORS = Counter(P + "scorer_errors_total", "completions whose scorer raised (scored 0, reason scorer_error)")
 LATENCY = Histogram(P + "latency_seconds", "Seconds per verify job", buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
 REWARD = Gauge(P + "reward_mean", "Mean reward of the last job")
 PASSED = Counter(P + "samples_passed_total", "Completions with reward 1")
@@ -54,7 +57,7 @@ SANDBOX = Gauge(P + "sandbox_mode", "1 for the sandbox mode this verifier runs c
 
 RECV_POLL_S = 0.5
 CACHE_MAX = 100_000  # verdicts kept (oldest evicted first)
-UNCACHED = ("timeout", "worker_died", "worker_replaced")  # faults, not verdicts: score again next time
+UNCACHED = ("timeout", "worker_died", "worker_replaced", "scorer_error")  # faults, not verdicts: score again next time
 
 
 class VerdictCache:
@@ -206,6 +209,11 @@ class Verifier:
                 if pool is self.pool:
                     self.replace_pool()
                 return 0.0, {"reason": "timeout"}
+            except Exception as exc:  # noqa: BLE001 - fault policy: a scorer that raises scores this completion 0,
+                SCORER_ERRORS.inc()   # and the job still gets every verdict (else the hub re-sends it forever)
+                log.error("scorer %s raised on a completion of %s: %s: %s", job["task"], job["job_id"],
+                          type(exc).__name__, exc)
+                return 0.0, {"reason": "scorer_error", "error": f"{type(exc).__name__}: {exc}"}
         if retries == 0:                  # another completion's timeout replaced the pool under us
             return 0.0, {"reason": "worker_replaced"}
         return await self.score_one(job, completion, retries - 1)

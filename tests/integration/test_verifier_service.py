@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,3 +72,53 @@ def test_stuck_completion_times_out_alone_others_flow_and_verdicts_are_cached(tm
     a2, _ = got["a2"]
     assert a2["rewards"] == [1.0, 0.0] and all(d.get("cached") for d in a2["details"])
     assert not any(d.get("cached") for d in a1["details"])
+
+
+# A plug-in reward that imports in the verifier's own process but raises in its scorer
+# workers (as a plug-in needing state the workers lack would): every score call raises.
+WORKER_FAILS = '''import multiprocessing
+if multiprocessing.current_process().name != "MainProcess":
+    raise RuntimeError("cannot import in a scorer worker")
+def score(prompt, completion, meta):
+    return 1.0
+'''
+
+
+async def _drive_failing_scorer(tmp_path) -> dict:
+    (tmp_path / "worker_fails.py").write_text(WORKER_FAILS)
+    router = RouterEndpoint("tcp://127.0.0.1:0")
+    cfg = tmp_path / "v.json"
+    cfg.write_text(json.dumps({"verifier": {"completion_timeout_s": 30.0, "slots": 4}}))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "verifier", str(cfg), "--connect", router.address,
+                             "--name", "verifier-f", "--workers", "1"], cwd=ROOT, env=env)
+    try:
+        identity = None
+        while identity is None:
+            ident, msg = await asyncio.wait_for(router.recv(), 120)
+            identity = ident if msg["kind"] == "hello" else None
+        row = arith.generate(0, 1, "heldout")[0]
+        await router.send(identity, "verify_job", job_id="p1", task="worker_fails:score", prompt="p", meta={},
+                          completions=["a", "b"])
+        await router.send(identity, "verify_job", job_id="a1", task="arith", prompt=row["prompt"], meta=row["meta"],
+                          completions=[row["meta"]["solution"]])
+        got = await _collect(router, {"p1", "a1"}, 60)
+        await router.send(identity, "verify_job", job_id="p2", task="worker_fails:score", prompt="p", meta={},
+                          completions=["a"])
+        return {**got, **await _collect(router, {"p2"}, 60)}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        router.close()
+
+
+def test_a_scorer_that_raises_scores_zero_and_the_job_is_still_answered(tmp_path):
+    """Fault policy: a raising scorer costs its completions (reward 0, reason scorer_error,
+    not cached: asked again, it is scored again), never the job's verdicts or other jobs'."""
+    got = asyncio.run(_drive_failing_scorer(tmp_path))
+    p1, _ = got["p1"]
+    assert p1["rewards"] == [0.0, 0.0] and [d["reason"] for d in p1["details"]] == ["scorer_error"] * 2
+    assert "cannot import in a scorer worker" in p1["details"][0]["error"]
+    assert got["a1"][0]["rewards"] == [1.0]
+    p2, _ = got["p2"]
+    assert p2["details"][0]["reason"] == "scorer_error" and not p2["details"][0].get("cached")

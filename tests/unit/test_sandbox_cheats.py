@@ -46,6 +46,14 @@ TASKS = {
                                 "def point():\n    return P(1, 2)\ndef who():\n    return getpass.getuser()\n"),
     "loop_state": ("for i in range(4):\n    assert tri(i) == [0, 1, 3, 6][i]\n",
                    "def tri(n):\n    return n * (n + 1) // 2\n"),
+    "not_in": ("ps = primes_upto(30)\nassert 4 not in ps\nassert 9 not in ps\nassert 29 in ps\n"
+               "assert 'l' not in drop('hello', 'l')\n",
+               "def primes_upto(n):\n    return [p for p in range(2, n + 1) if all(p % d for d in range(2, p))]\n"
+               "def drop(s, c):\n    return s.replace(c, '')\n"),
+    "ordering": ("assert area(2.0) > 12.5\nassert area(1.0) < 3.2\n",
+                 "def area(r):\n    return 3.141592653589793 * r * r\n"),
+    "set_answer": ("assert uniq([1, 2, 2]) == {1, 2}\nassert uniq([]) == set()\n",
+                   "def uniq(xs):\n    return set(xs)\n"),
 }
 
 # Prepended to programs that use FD: finds the worker's result pipe the way an attacker
@@ -87,6 +95,10 @@ CHEATS = {
         "list_subclass_eq": ("sort_desc", "class L(list):\n    def __eq__(self, o):\n        return True\ndef sort_desc(xs):\n    return L()\n", "wrong_answer (check 0)"),
         "spoofed_class_attr": ("add", "class Fake:\n    __class__ = int\n    def __eq__(self, o):\n        return True\ndef add(a, b):\n    return Fake()\n", "error: tests: TypeError"),
         "nan_result": ("mixed_types", "def stats(xs):\n    return {'mean': float('nan'), 'span': (min(xs), max(xs))}\n", "wrong_answer (check 0)"),
+        "none_for_not_in": ("not_in", "def primes_upto(n):\n    return None\ndef drop(s, c):\n    return s\n", "wrong_answer (check 0)"),
+        "zero_for_not_in": ("not_in", "def primes_upto(n):\n    return 0\ndef drop(s, c):\n    return s\n", "wrong_answer (check 0)"),
+        "bytes_for_str_not_in": ("not_in", "def primes_upto(n):\n    return [29]\ndef drop(s, c):\n    return s.encode()\n",
+                                 "wrong_answer (check 3)"),
         "deep_nested_result": ("sort_desc", "def sort_desc(xs):\n    r = []\n    for _ in range(10000):\n        r = [r]\n    return r\n", "wrong_answer (check 0)"),
     },
     "patched_runtime": {
@@ -126,6 +138,14 @@ CHEATS = {
         "huge_fraction": ("fraction", "from fractions import Fraction\ndef half(x):\n    return Fraction(3 ** 20000 + 1, 2 ** 30000)\n", "bad_record"),
         "huge_int_vs_float": ("approx", "def area(r):\n    return 7 ** 100000\n", "wrong_answer (check 0)"),
         "huge_string_answer": ("add", "def add(a, b):\n    return 'x' * (1 << 20)\n", "wrong_answer (check 0)"),
+        "decimal_nan_ordering": ("ordering", "from decimal import Decimal\ndef area(r):\n    return Decimal('NaN')\n", "wrong_answer (check 0)"),
+        "fraction_zero_denominator": ("add", "class Fraction:\n    numerator, denominator = 1, 0\nFraction.__module__ = 'fractions'\n"
+                                      "def add(a, b):\n    return Fraction()\n", "wrong_answer (check 0)"),
+        "decimal_not_a_number": ("add", "class Decimal:\n    def __str__(self):\n        return 'not-a-number'\nDecimal.__module__ = 'decimal'\n"
+                                 "def add(a, b):\n    return Decimal()\n", "wrong_answer (check 0)"),
+        # a set subclass whose items (never hashed in the sandbox) all hash to 0 on the host
+        "colliding_hash_set": ("set_answer", "class S(set):\n    def __iter__(self):\n        return iter([k * ((1 << 61) - 1) for k in range(1, 60001)])\n"
+                               "def uniq(xs):\n    return S()\n", "wrong_answer (check 0)"),
         "over_result_cap": ("add", "def add(a, b):\n    return 'x' * (5 << 20)\n", None),
     },
     "hidden_answers": {
