@@ -65,7 +65,7 @@ import time
 from pathlib import Path
 
 from verifiers import sandbox_tests
-from verifiers.sandbox_cgroup import ENTER_FAILED_RC, RunCgroup, cgroup_kind
+from verifiers.sandbox_cgroup import RunCgroup, cgroup_kind
 from verifiers.sandbox_seccomp import SeccompUnavailable, filter_bpf
 
 log = logging.getLogger(__name__)
@@ -339,9 +339,9 @@ def _execute(job: dict, limits: Limits, mode: str, label: str) -> RunResult:
             cg.close()
         if mode == "none":
             shutil.rmtree(job["workdir"], ignore_errors=True)
-    if rc == ENTER_FAILED_RC and cg:
-        raise SandboxUnavailable(f"could not enter the run's cgroup {cg.dirs}")
     outs = list(bufs.values())          # [stdout, stderr], in the order of `caps`
+    if cg and cg.enter_failed(rc, bytes(outs[1])):
+        raise SandboxUnavailable(f"could not enter the run's cgroup {cg.dirs}")
     return RunResult(returncode=rc, stdout=outs[0].decode(errors="replace"),
                      stderr=outs[1].decode(errors="replace"), timed_out=timed_out,
                      wall_s=time.monotonic() - t0, truncated=truncated, mode=mode,

@@ -39,8 +39,12 @@ V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
 KILL_TIMEOUT_S = 5.0       # how long close() keeps killing before it gives up (logged)
 RMDIR_RETRIES = 50
-ENTER_SH = 'while [ "$1" != -- ]; do echo 0 > "$1" || exit 97; shift; done; shift; exec "$@"'
-ENTER_FAILED_RC = 97       # the sh prefix could not join the group
+# argv: NONCE cgroup.procs... -- command. On failure it writes the nonce (never passed on to
+# the command, so a program cannot print it) to stderr: exit status 97 alone would be
+# ambiguous, since after `exec` the status is the program's own.
+ENTER_SH = ('n=$1; shift; while [ "$1" != -- ]; do { echo 0 > "$1"; } 2>/dev/null || { printf %s "$n" >&2; exit 97; }; '
+            'shift; done; shift; exec "$@"')
+ENTER_FAILED_RC = 97       # the sh prefix could not join the group (and wrote the nonce)
 
 
 def _own_paths() -> dict[str, str]:
@@ -91,6 +95,7 @@ class RunCgroup:
 
     def __init__(self, kind: str, memory_bytes: int, pids: int, cpu_cores: float):
         self.kind = kind
+        self.enter_nonce = secrets.token_hex(16)  # what enter_argv's prefix writes when it cannot join
         name = f"scca-{os.getpid()}-{secrets.token_hex(6)}"
         if kind == "v2":
             self.dirs = {"": os.path.join(_v2_base(), name)}
@@ -131,7 +136,11 @@ class RunCgroup:
 
     def enter_argv(self) -> list[str]:
         procs = [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
-        return ["/bin/sh", "-c", ENTER_SH, "scca-cgroup", *procs, "--"]
+        return ["/bin/sh", "-c", ENTER_SH, "scca-cgroup", self.enter_nonce, *procs, "--"]
+
+    def enter_failed(self, rc: int, stderr: bytes) -> bool:
+        """Did the prefix of enter_argv fail to join the group (not: the program exited 97)?"""
+        return rc == ENTER_FAILED_RC and stderr.startswith(self.enter_nonce.encode())
 
     def _pids(self) -> set[int]:
         out = set()

@@ -70,6 +70,26 @@ def test_missing_kernel_limit_refuses_unless_accepted(monkeypatch):
     assert r["reward"] == 1.0 and r["hardening"] == "weak"
 
 
+def test_a_program_exiting_97_is_not_a_cgroup_failure(monkeypatch):
+    """Exit status 97 is the program's own; only the cgroup prefix's own failure (which
+    writes its nonce) is reported as SandboxUnavailable."""
+    from verifiers.sandbox_cgroup import RunCgroup
+
+    if S.sandbox_mode() != "bwrap" or S.hardening()["cgroup"] is None:
+        pytest.skip("bubblewrap with cgroups only")
+    assert S.run_python("import sys\nsys.exit(97)\n", limits=LIM).returncode == 97
+    assert S.run_python("import sys\nsys.stderr.write('x' * 32)\nsys.exit(97)\n", limits=LIM).returncode == 97
+    real = RunCgroup.enter_argv
+
+    def unjoinable(self):  # the real prefix, asked to join a group that does not exist
+        argv = real(self)
+        return [a if not a.endswith("cgroup.procs") else "/nonexistent/cgroup.procs" for a in argv]
+
+    monkeypatch.setattr(RunCgroup, "enter_argv", unjoinable)
+    with pytest.raises(S.SandboxUnavailable, match="could not enter the run's cgroup"):
+        S.run_python("print(1)\n", limits=LIM)
+
+
 def test_bad_forced_mode_is_an_error(forced_mode):
     forced_mode("docker")
     with pytest.raises(ValueError, match="SCCA_SANDBOX_MODE"):
