@@ -29,7 +29,9 @@ complete (`hardening()`: bubblewrap + a cgroup + the seccomp filter):
     per-run uid without capabilities and with NO_NEW_PRIVS.
 What is NOT guaranteed: the strength of the tests themselves (visible / guessable /
 attested checks above; weak tests stay weak; the inputs of every check are visible to
-the program, so tests whose inputs reveal other checks' answers leak them); timing side
+the program, so tests whose inputs reveal other checks' answers leak them; a check on a
+second name for a list the solution was given sees the host's copy, not the solution's
+changes: sandbox_convert.py); timing side
 channels; kernel bugs reachable through the allowed syscalls; ptys (none exist); only
 the stdlib of the host's Python is importable.
 

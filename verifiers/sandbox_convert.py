@@ -23,7 +23,14 @@ Steps that evaluate an expression bind the folded names they read as inputs; fro
 on those names live in the sandbox (a solution that mutates an input list is checked
 against the mutated list, as plain Python would). `math.<fn>(literal)` folds here.
 
-Does NOT: run anything; guess what a non-foldable expected value would be.
+Does NOT: run anything; guess what a non-foldable expected value would be; follow aliases.
+Another folded name that shares a list, dict or set with an input handed to the sandbox
+(`for c in cases: f(c)`, then `assert cases == [...]`) keeps its host copy, which is folded
+as if the solution had not touched the shared object: a solution that mutates its input
+passes an "inputs unchanged" assert written that way, and a correct in-place function
+fails one that expects the change (the red-team corpus found both; the plan is static, so
+following them would need the sandbox to hold every alias, which would reveal the case
+tables that keep most checks hidden). Write such checks on the argument itself.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from verifiers.sandbox_verdict import encode_value
 
 MAX_INLINE_DEPTH = 16       # nested inlining of test helpers
 STRONG_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "notin", "contains", "notcontains")
+TYPE_NAMES = ("int", "float", "complex", "bool", "str", "bytes", "list", "tuple", "dict", "set", "frozenset")
 
 
 UNITTEST_ASSERTS = {          # self.assertX(a, b) -> assert a OP b
@@ -249,6 +257,7 @@ class Converter:
         for param, arg in zip(fn.args.args, args):
             try:
                 self.env[param.arg] = fold(arg, self.env)
+                self._derive(ast.Name(param.arg, ast.Store()), arg)  # the parameter is the argument's data
             except NotFoldable:
                 self.exec_step(ast.Assign([ast.Name(param.arg, ast.Store())], arg, lineno=0),
                                setup=True)
@@ -332,13 +341,17 @@ class Converter:
             return False
         names = stored_names(gen.target)
         saved = {n: self.env[n] for n in names if n in self.env}
+        saved_origin = {n: self.origin[n] for n in names if n in self.origin}
+        self._derive(gen.target, gen.iter)   # the items are ITER's data: revealing ITER reveals them
         for item in items:
             bind(gen.target, item, self.env)
             if all(fold(c, self.env) for c in gen.ifs):
                 self.assert_(t.args[0].elt)
         for n in names:
             self.env.pop(n, None)
+            self.origin.pop(n, None)
         self.env.update(saved)
+        self.origin.update(saved_origin)
         return True
 
     def _foldable_side(self, a: ast.expr, b: ast.expr):
@@ -355,6 +368,8 @@ class Converter:
             return False
         op = CMPOPS[type(t.ops[0])]
         left, right = t.left, t.comparators[0]
+        if self._type_of(op, left, right) or self._type_of(op, right, left):
+            return True
         if op in ("is", "isnot"):
             if isinstance(right, ast.Constant) and right.value in (None, True, False) and \
                     type(right.value) in (type(None), bool):
@@ -372,6 +387,17 @@ class Converter:
         self.eval_step(actual, {"op": op, "expected": expected, "strength":
                                 "hidden" if op in STRONG_OPS and not constant else "guessable"},
                        exp_node)
+        return True
+
+    def _type_of(self, op: str, call: ast.expr, name: ast.expr) -> bool:
+        """`type(A) == T` (or `is`, `!=`, `is not`) with T a builtin type: A's value goes to
+        the host, which compares the type it decodes (a class itself cannot cross the wall)."""
+        if not (op in ("eq", "is", "ne", "isnot") and isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and call.func.id == "type" and "type" not in self.env and len(call.args) == 1 and not call.keywords
+                and isinstance(name, ast.Name) and name.id in TYPE_NAMES and name.id not in self.env):
+            return False
+        self.eval_step(call.args[0], {"op": "type" if op in ("eq", "is") else "nottype", "expected": name.id,
+                                      "strength": "guessable"})
         return True
 
     def _approx(self, t: ast.expr) -> bool:

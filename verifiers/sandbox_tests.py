@@ -18,11 +18,13 @@ Test formats:
     `def check(candidate): ...` + `check(f)` is inlined; each `assert` becomes a check:
       - hidden: `E == X`, `!=`, `<`, `<=`, `>`, `>=`, `in`, `not in`, `abs(E - X) < t`,
         `math.isclose(E, X, ...)` with X foldable here: E is evaluated in the sandbox, X
-        never leaves the host (unless the tests themselves hand the variable X holds to the
-        sandbox: then it counts as visible);
+        never leaves the host (unless the tests themselves hand the variable X holds, or
+        the data it was taken from, to the sandbox, in any later step too, since the
+        sandbox receives all steps at once: then it counts as visible);
       - visible: both sides computed in the sandbox (`f(x) == g(x)`), compared here;
-      - guessable: `E is None/True/False`, `assert E`, `assert not E`: compared here, but
-        a constant answer passes them;
+      - guessable: `E is None/True/False`, `assert E`, `assert not E`, `type(E) == T`
+        (T a builtin type; E's decoded value has type T): compared here, but a constant
+        answer passes them;
       - attested: statements that cannot be converted (while loops, try, class bodies,
         helper functions that assert) run inside the sandbox as setup steps; an assert in
         them is only the solution's word. `attested_asserts` counts them.

@@ -251,6 +251,8 @@ def satisfied(spec, a, expected=None):
     if op in ("contains", "notcontains"):
         found = _member(expected, a, rt, at)
         return found is not None and found == (op == "contains")
+    if op in ("type", "nottype"):         # type(a) == T / != T, T a builtin type's name
+        return (type(a).__name__ == expected) == (op == "type")
     if op == "truthy":
         return bool(a)
     if op == "falsy":

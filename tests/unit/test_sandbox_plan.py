@@ -141,3 +141,28 @@ def test_revealing_the_case_table_makes_its_answers_visible():
     leaked = T.plan(code + "print(len(cases))\n")
     assert leaked.counts()["hidden_checks"] == 0 and leaked.counts()["visible_checks"] == 2
     assert T.plan("for i in range(3):\n    assert sq(i) == i * i\n").counts()["hidden_checks"] == 3
+
+
+def test_case_tables_revealed_through_all_or_a_helper_make_their_answers_visible():
+    """The sandbox receives every step at once, so answers taken from a table that a later
+    step binds are visible, whether the checks came from `all(...)` or an inlined helper."""
+    table = "CASES = [((2, 3), 5), ((10, 20), 30)]\n"
+    through_all = table + "assert all(add(*args) == want for args, want in CASES)\n"
+    through_helper = ("def check(candidate, cases):\n    for args, want in cases:\n        assert candidate(*args) == want\n"
+                      + table + "check(add, CASES)\n")
+    for code in (through_all, through_helper):
+        assert T.plan(code).counts()["hidden_checks"] == 2, code
+        leaked = T.plan(code + "print('checked', len(CASES))\n").counts()
+        assert (leaked["hidden_checks"], leaked["visible_checks"]) == (0, 2), code
+
+
+def test_type_of_an_answer_is_compared_on_the_host():
+    """`type(E) == T` sends E, not a class (which cannot cross the wall), and compares the
+    decoded value's type: guessable, as any value of type T passes."""
+    plan = T.plan("assert type(add(2, 3)) == int\nassert type(add(2, 3)) is not float\nassert str == type(name())\n")
+    assert [s["eval"] for s in plan.steps] == ["add(2, 3)", "add(2, 3)", "name()"]
+    assert plan.counts()["guessable_checks"] == 3
+    assert T.judge(plan, _answers(plan, [5, 5, "x"])) == (1.0, "pass")
+    assert T.judge(plan, _answers(plan, [5.0, 5, "x"]))[1] == "wrong_answer (check 0)"
+    assert T.judge(plan, _answers(plan, [True, 5, "x"]))[1] == "wrong_answer (check 0)"  # type(True) is bool, as in Python
+    assert T.judge(plan, _answers(plan, [5, 5.0, "x"]))[1] == "wrong_answer (check 1)"
