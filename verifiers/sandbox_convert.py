@@ -401,7 +401,8 @@ class Converter:
         return True
 
     def _approx(self, t: ast.expr) -> bool:
-        """abs(A - B) < C / <= C with B (or A) and C foldable."""
+        """abs(A - B) < C / <= C with C foldable: hidden when B (or A) folds, else visible (a
+        pair); either way abs and the subtraction are the host's, not the solution's."""
         if not (isinstance(t, ast.Compare) and len(t.ops) == 1
                 and isinstance(t.ops[0], (ast.Lt, ast.LtE)) and isinstance(t.left, ast.Call)
                 and isinstance(t.left.func, ast.Name) and t.left.func.id == "abs"
@@ -412,13 +413,18 @@ class Converter:
             tol = fold(t.comparators[0], self.env)
         except NotFoldable:
             return False
-        side = self._foldable_side(t.left.args[0].left, t.left.args[0].right)
-        if side is None or not isinstance(tol, (int, float)):
+        if not isinstance(tol, (int, float)):
             return False
+        a, b = t.left.args[0].left, t.left.args[0].right
+        inclusive = isinstance(t.ops[0], ast.LtE)
+        side = self._foldable_side(a, b)
+        if side is None:   # both computed in the sandbox; the host takes abs(A - B) itself
+            self.eval_step(ast.Tuple([a, b], ast.Load()), {"op": "pair", "pair_op": "approx", "tol": tol,
+                                                           "inclusive": inclusive, "strength": "visible"})
+            return True
         actual, expected, exp_node, _ = side
         self.eval_step(actual, {"op": "approx", "expected": expected, "tol": tol,
-                                "inclusive": isinstance(t.ops[0], ast.LtE), "strength": "hidden"},
-                       exp_node)
+                                "inclusive": inclusive, "strength": "hidden"}, exp_node)
         return True
 
     def _isclose(self, t: ast.expr) -> bool:

@@ -166,3 +166,17 @@ def test_type_of_an_answer_is_compared_on_the_host():
     assert T.judge(plan, _answers(plan, [5.0, 5, "x"]))[1] == "wrong_answer (check 0)"
     assert T.judge(plan, _answers(plan, [True, 5, "x"]))[1] == "wrong_answer (check 0)"  # type(True) is bool, as in Python
     assert T.judge(plan, _answers(plan, [5, 5.0, "x"]))[1] == "wrong_answer (check 1)"
+
+
+def test_approx_of_two_sandbox_values_is_a_visible_pair_judged_with_the_hosts_abs():
+    """`abs(f(x) - ref(x)) < t` with no side foldable: both values come back and the host
+    takes abs(a - b), so a solution shadowing `abs` gains nothing; counted as visible."""
+    code = "def ref(xs):\n    return sum(xs) / len(xs)\nfor xs in [[1, 2, 3], [4, 5]]:\n    assert abs(mean(xs) - ref(xs)) < 1e-9\n"
+    plan = T.plan(code)
+    assert plan.counts()["visible_checks"] == 2 and plan.counts()["hidden_checks"] == 0
+    evals = [s for s in plan.steps if "eval" in s]
+    assert [s["eval"] for s in evals] == ["(mean(xs), ref(xs))"] * 2
+    values = [None if "eval" not in s else v for s, v in zip(plan.steps, [None, (2.0, 2.0), (4.5, 4.5)])]
+    assert T.judge(plan, _answers(plan, values)) == (1.0, "pass")
+    values = [None if "eval" not in s else v for s, v in zip(plan.steps, [None, (0, 2.0), (4.5, 4.5)])]
+    assert T.judge(plan, _answers(plan, values))[1] == "wrong_answer (check 0)"
