@@ -10,6 +10,7 @@
   scca data TASK --n N --split S --out FILE      write procedural prompts as JSONL (math: GSM8K-style)
   scca data math --from gsm8k.jsonl --out FILE   convert your file into the learner's prompt file
   scca make-model --arch qwen2 --out DIR         a small random model folder of a real architecture
+  scca eval [CONFIG] [--model RUN_DIR]           held-out accuracy of a model folder (final_model, snapshot)
   scca doctor [CONFIG] [--set k=v] [--out DIR]   preflight: one ok/warn/fail line per check
 
 Exit codes of run and learner: 0 budget spent; 1 failed; 2 bad input (config, data,
@@ -258,6 +259,15 @@ def cmd_make_model(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from deploy.evaluate import run_eval
+
+    cfg = load_config(args.config or DEFAULT_CONFIG, parse_sets(args.set))
+    if not args.model and not cfg.model.folder:
+        ensure_bootstrap(cfg)
+    return run_eval(cfg, args.model, args.samples, args.limit, args.out)
+
+
 def cmd_doctor(args) -> int:
     from deploy.doctor import doctor
 
@@ -287,7 +297,7 @@ def _add_service_parsers(sub) -> None:
 
 
 def _add_tool_parsers(sub) -> None:
-    """`scca data`, `scca make-model`, `scca doctor`."""
+    """`scca data`, `scca make-model`, `scca eval`, `scca doctor`."""
     d = sub.add_parser("data", help="write procedural prompts as JSONL, or convert your file")
     d.add_argument("task", help="task (arith, countdown, math, code)")
     d.add_argument("--n", type=int, default=1000, help="rows to write")
@@ -318,6 +328,19 @@ def _add_tool_parsers(sub) -> None:
     mm.add_argument("--prompt-format", default="chat", choices=["raw", "chat"], help="format of the warm start")
     mm.add_argument("--system-prompt", default="", help="system prompt of the warm start (chat format); give the "
                     "run the same [task] system_prompt: a small model answers only in the format it learned")
+    ev = sub.add_parser("eval", help="held-out accuracy of a model folder (a run's final_model, a snapshot)",
+                        description="Generate for the run's held-out prompts (its task, data, prompt format and "
+                        "[actor] settings) with the Hugging Face engine in this process, score them with the "
+                        "task's scorer, and print the accuracy.")
+    ev.add_argument("config", nargs="?", help="TOML config of the run (default: deploy/default.toml); a run "
+                    "folder's config.json works too")
+    ev.add_argument("--model", help="model folder, snapshot, or run folder (its final_model/); default: [model] "
+                    "folder, else the bootstrap model")
+    ev.add_argument("--samples", type=int, default=1, help="1 = greedy; k = mean reward of k samples at "
+                    "[actor] temperature")
+    ev.add_argument("--limit", type=int, default=0, help="evaluate the first N held-out prompts (0 = all)")
+    ev.add_argument("--out", help="JSON file for the summary and every prompt's rewards and completion")
+    ev.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
     dr = sub.add_parser("doctor", help="preflight: check config, model, data, sandbox, ports, disk",
                         description="One line per check, each starting with ok, warn or fail; exits 1 if any "
                         "check fails. Without CONFIG it checks deploy/default.toml.")
@@ -365,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"bootstrap": cmd_bootstrap, "run": cmd_run, "learner": cmd_learner, "actor": cmd_actor,
                "verifier": cmd_verifier, "data": cmd_data, "doctor": cmd_doctor, "compare": cmd_compare,
-               "make-model": cmd_make_model}[args.cmd]
+               "make-model": cmd_make_model, "eval": cmd_eval}[args.cmd]
     try:
         return handler(args)
     except (ConfigError, DatasetError, JsonlError) as exc:  # bad input: one line naming the key or file:line
