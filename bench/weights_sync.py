@@ -15,13 +15,14 @@ interleaved with the baseline:
   * wire (`--repeats` rounds, medians): an actor process without the shared filesystem fetching the snapshot from the
     real hub over loopback (`actors/remote_weights.py`: BLAKE3 checked while receiving),
     MB/s, into a folder on disk and into tmpfs (/dev/shm: the wire without this machine's
-    disk), next to raw pyzmq moving the snapshot's weights file in the same frames between
+    disk), next to a plain sequential write of the same bytes into the same disk folder (the
+    disk's ceiling at that moment) and raw pyzmq moving the snapshot's weights file in the same frames between
     two processes (ROUTER -> DEALER over TCP loopback, zero-copy sends, nothing checked or
     written): the ceiling of this machine's loopback at this moment;
   * broadcast: the torch.distributed path (gloo) from this process to a second one
     (`protocol/weights_broadcast.py`): pack, broadcast and unpack seconds, MB/s, digest match.
 Prints seconds, the ratio of each phase to raw save + load (goal <= 1.3), MB/s (goal >= 500)
-and the wire's ratio to raw pyzmq; results into `bench/results/weights_sync.json`.
+and the wire's ratios to a plain disk write and to raw pyzmq; results into `bench/results/weights_sync.json`.
 
     .venv/bin/python bench/weights_sync.py [--sizes 0.5b] [--repeats 3] [--dtype bfloat16]
 
@@ -162,15 +163,35 @@ async def fetch_worker(address: str, version: int, manifest_sha256: str, into: P
 def wire_runs(info: dict, work: Path, folder: Path, repeats: int) -> dict:
     """`repeats` rounds of: fetch to disk, fetch to tmpfs (/dev/shm: the wire without this
     machine's disk), raw pyzmq with the largest weights file; seconds and MB/s of each."""
-    out: dict = {"disk_s": [], "tmpfs_s": [], "raw_zmq_MBps": [], "bytes": 0}
+    out: dict = {"disk_s": [], "tmpfs_s": [], "raw_zmq_MBps": [], "disk_write_MBps": [], "bytes": 0}
     shm = Path("/dev/shm")
+    largest = max(folder.glob("*.safetensors"), key=lambda p: p.stat().st_size)
     for _ in range(repeats):
+        out["disk_write_MBps"].append(disk_write_MBps(work, sum(p.stat().st_size for p in folder.iterdir())))
         seconds, out["bytes"] = asyncio.run(wire_fetch(info, work, work / "fetched"))
         out["disk_s"].append(seconds)
         if shm.is_dir():
             out["tmpfs_s"].append(asyncio.run(wire_fetch(info, work, Path(tempfile.mkdtemp(dir=shm))))[0])
-        out["raw_zmq_MBps"].append(raw_zmq_MBps(max(folder.glob("*.safetensors"), key=lambda p: p.stat().st_size)))
+        out["raw_zmq_MBps"].append(raw_zmq_MBps(largest))
     return out
+
+
+def disk_write_MBps(folder: Path, n_bytes: int) -> float:
+    """MB/s of a plain sequential write of `n_bytes` (MAX_WEIGHTS_CHUNK pieces, one thread,
+    nothing hashed or received) into a new file in `folder`, then deleted: the ceiling of
+    this disk at this moment for what a fetch to disk writes (page cache, with the kernel's
+    dirty-page writeback throttling a long write to the device's own rate)."""
+    from protocol.messages import MAX_WEIGHTS_CHUNK
+
+    piece = np.random.default_rng(0).integers(0, 256, MAX_WEIGHTS_CHUNK, dtype=np.uint8).tobytes()
+    path = folder / "disk-write.bin"
+    t = time.perf_counter()
+    with open(path, "wb") as f:
+        for start in range(0, n_bytes, MAX_WEIGHTS_CHUNK):
+            f.write(piece[:min(MAX_WEIGHTS_CHUNK, n_bytes - start)])
+    seconds = time.perf_counter() - t
+    path.unlink()
+    return n_bytes / 1e6 / seconds
 
 
 def raw_zmq_MBps(path: Path) -> float:
@@ -279,7 +300,8 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
         match = digest == info["digest"]  # what the actor holds = what the learner published
         gc.collect()
     wire = wire_runs(info, work, folder, repeats)
-    wire_s, shm_s, raw_zmq = (float(np.median(wire[k])) if wire[k] else None for k in ("disk_s", "tmpfs_s", "raw_zmq_MBps"))
+    wire_s, shm_s, raw_zmq, disk_w = (float(np.median(wire[k])) if wire[k] else None
+                                      for k in ("disk_s", "tmpfs_s", "raw_zmq_MBps", "disk_write_MBps"))
     wire_bytes = wire["bytes"]
     bcast = broadcast_seconds(model, snap_dtype, size)
     med = {k: float(np.median(v)) for k, v in t.items()}
@@ -288,6 +310,7 @@ def measure(size: str, dtype: torch.dtype, repeats: int, work: Path) -> dict:
            "snapshot_bytes": nbytes, "digest_match": match, "seconds": t, "median_s": med, "raw_save_load_s": base,
            "ratio_to_raw": {k: med[k] / base for k in ("publish", "verify", "load", "digest")},
            "wire_fetch_s": wire_s, "wire_MBps": wire_bytes / 1e6 / wire_s,
+           "disk_write_MBps": disk_w, "wire_disk_over_disk_write": wire_bytes / 1e6 / wire_s / disk_w,
            "wire_fetch_tmpfs_s": shm_s, "wire_MBps_tmpfs": wire_bytes / 1e6 / shm_s if shm_s else None,
            "raw_zmq_MBps": raw_zmq, "wire_tmpfs_over_raw_zmq": wire_bytes / 1e6 / shm_s / raw_zmq if shm_s else None,
            "wire_runs": wire,
@@ -329,7 +352,8 @@ def main() -> None:
         print(f"{size}: {r['params'] / 1e6:.0f}M params, snapshot {r['snapshot_dtype']} {r['snapshot_bytes'] / 1e9:.2f} GB; "
               f"raw save {med['raw_save']:.2f}s + load {med['raw_load']:.2f}s = {r['raw_save_load_s']:.2f}s")
         print("  " + "  ".join(f"{k} {med[k]:.2f}s ({rat[k]:.2f}x)" for k in rat))
-        print(f"  wire fetch {r['wire_fetch_s']:.2f}s ({r['wire_MBps']:.0f} MB/s to disk, "
+        print(f"  wire fetch {r['wire_fetch_s']:.2f}s ({r['wire_MBps']:.0f} MB/s to disk = "
+              f"{r['wire_disk_over_disk_write']:.2f}x a plain write of the bytes to that disk, {r['disk_write_MBps']:.0f} MB/s; "
               f"{r['wire_MBps_tmpfs'] or 0:.0f} MB/s to tmpfs = {r['wire_tmpfs_over_raw_zmq'] or 0:.2f}x raw pyzmq "
               f"{r['raw_zmq_MBps']:.0f} MB/s)" +
               f"; broadcast {r['broadcast']['broadcast_s']:.2f}s ({r['broadcast_MBps']:.0f} MB/s, pack "
