@@ -5,6 +5,7 @@ version and sandbox mode."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -33,17 +34,28 @@ async def _collect(router: RouterEndpoint, want: set[str], timeout: float) -> di
     return got
 
 
-async def _drive(tmp_path) -> dict:
+@contextlib.asynccontextmanager
+async def _verifier(tmp_path, timeout_s: float, workers: int, env: dict | None = None):
+    """A real `scca verifier` process connected to a router here: (router, its identity)."""
     router = RouterEndpoint("tcp://127.0.0.1:0")
     cfg = tmp_path / "v.json"
-    cfg.write_text(json.dumps({"verifier": {"completion_timeout_s": 3.0, "slots": 4}}))
+    cfg.write_text(json.dumps({"verifier": {"completion_timeout_s": timeout_s, "slots": 4}}))
     proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "verifier", str(cfg), "--connect", router.address,
-                             "--name", "verifier-t", "--workers", "2"], cwd=ROOT)
+                             "--name", "verifier-t", "--workers", str(workers)], cwd=ROOT, env=env)
     try:
         identity = None
         while identity is None:
             ident, msg = await asyncio.wait_for(router.recv(), 120)
             identity = ident if msg["kind"] == "hello" else None
+        yield router, identity
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        router.close()
+
+
+async def _drive(tmp_path) -> dict:
+    async with _verifier(tmp_path, 3.0, 2) as (router, identity):
         row = arith.generate(0, 1, "heldout")[0]
         good = [row["meta"]["solution"], "12+"]
         await router.send(identity, "verify_job", job_id="stuck", task="code", prompt="write f",
@@ -55,10 +67,6 @@ async def _drive(tmp_path) -> dict:
                           completions=good)
         second = await _collect(router, {"a2"}, 60)
         return {**first, **second}
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        router.close()
 
 
 def test_stuck_completion_times_out_alone_others_flow_and_verdicts_are_cached(tmp_path):
@@ -86,17 +94,8 @@ def score(prompt, completion, meta):
 
 async def _drive_failing_scorer(tmp_path) -> dict:
     (tmp_path / "worker_fails.py").write_text(WORKER_FAILS)
-    router = RouterEndpoint("tcp://127.0.0.1:0")
-    cfg = tmp_path / "v.json"
-    cfg.write_text(json.dumps({"verifier": {"completion_timeout_s": 30.0, "slots": 4}}))
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "verifier", str(cfg), "--connect", router.address,
-                             "--name", "verifier-f", "--workers", "1"], cwd=ROOT, env=env)
-    try:
-        identity = None
-        while identity is None:
-            ident, msg = await asyncio.wait_for(router.recv(), 120)
-            identity = ident if msg["kind"] == "hello" else None
+    async with _verifier(tmp_path, 30.0, 1, env) as (router, identity):
         row = arith.generate(0, 1, "heldout")[0]
         await router.send(identity, "verify_job", job_id="p1", task="worker_fails:score", prompt="p", meta={},
                           completions=["a", "b"])
@@ -106,10 +105,6 @@ async def _drive_failing_scorer(tmp_path) -> dict:
         await router.send(identity, "verify_job", job_id="p2", task="worker_fails:score", prompt="p", meta={},
                           completions=["a"])
         return {**got, **await _collect(router, {"p2"}, 60)}
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        router.close()
 
 
 def test_a_scorer_that_raises_scores_zero_and_the_job_is_still_answered(tmp_path):
