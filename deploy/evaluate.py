@@ -1,8 +1,9 @@
 """`scca eval [CONFIG] [--model FOLDER]`: held-out accuracy of a model folder, offline, in one process.
 
-What it does, top to bottom: reads the run's held-out prompts the way `scca run` does (the
-preflight's checks, then the task's reader and field mapping, or the procedural
-generator) -> renders them in the run's prompt format (`PromptRenderer.for_task`: the ids
+What it does, top to bottom: reads the run's held-out prompts as `scca run` would (a
+learner prompt file as it is, e.g. a run folder's converted data/heldout.jsonl; a user's
+file through the preflight's reader: the task's field mapping, errors naming file and
+line; else the procedural generator) -> renders them in the run's prompt format (`PromptRenderer.for_task`: the ids
 the learner would send) -> generates with the Hugging Face engine the actors use (greedy,
 or `--samples k` at `[actor] temperature` / `top_p`; `[actor] max_new_tokens` and `stop`)
 -> scores every completion with the task's scorer or the plug-in reward, in this process
