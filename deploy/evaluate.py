@@ -46,23 +46,15 @@ def model_to_evaluate(cfg: RunConfig, given: str | None) -> Path:
 
 
 def heldout_rows(cfg: RunConfig) -> list[dict]:
-    """The held-out prompt rows a run of `cfg` would evaluate on: a prompt file as the learner
-    reads it (what a run folder's config.json names: the converted data/heldout.jsonl), else
-    the user's file through the task's reader (errors name file and line), else generated."""
+    """The held-out prompt rows a run of `cfg` would evaluate on, through the preflight's
+    reader (a prompt file in the learner's format as it is, such as the data/heldout.jsonl a
+    run folder's config.json names; else the task's reader, errors naming file and line),
+    else generated."""
     from deploy.launcher import prompt_rows
     from deploy.preflight import read_prompt_file
-    from protocol.dataset import DatasetError, read_jsonl
-    from verifiers.tasks import JSONL
 
     given = cfg.task.heldout_file
-    if given:
-        try:
-            return read_jsonl(given)
-        except (DatasetError, OSError, UnicodeDecodeError):
-            if cfg.task.name not in JSONL:
-                raise
-        return read_prompt_file(cfg, "heldout", given)
-    return prompt_rows(cfg, "heldout", given)[0]
+    return read_prompt_file(cfg, "heldout", given) if given else prompt_rows(cfg, "heldout", given)[0]
 
 
 def evaluate_folder(cfg: RunConfig, folder: Path, rows: list[dict], samples: int) -> dict:

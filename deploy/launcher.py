@@ -32,7 +32,7 @@ from deploy.preflight import check_prompts, check_reward
 from deploy.progress import ProgressView
 from deploy.report import exit_report
 from protocol.config import RunConfig
-from protocol.dataset import read_jsonl, write_jsonl
+from protocol.dataset import prompt_file_rows, read_jsonl, write_jsonl
 
 STOP_GRACE_S = 20.0  # seconds a child gets to exit after SIGTERM before SIGKILL
 READY_TIMEOUT_S = 300.0  # the learner must bind within this
@@ -59,6 +59,8 @@ def prompt_rows(cfg: RunConfig, split: str, given: str) -> tuple[list[dict], dic
     if cfg.task.name in JSONL:
         if not given:
             raise ValueError(f"task {cfg.task.name!r} reads its prompts from [task] {split}_file; none given")
+        if (rows := prompt_file_rows(given)) is not None:  # already in the learner's format (`scca data --from`)
+            return rows, None
         rows, report = task.load(given, prompt_field=cfg.task.prompt_field, answer_field=cfg.task.answer_field,
                                  with_report=True)
         return rows, {**report.summary(), "places": report.places}

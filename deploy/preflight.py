@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol.config import ConfigError, RunConfig
-from protocol.dataset import DatasetError, data_files, read_jsonl
+from protocol.dataset import DatasetError, data_files, prompt_file_rows, read_jsonl
 from protocol.prompts import PromptFormatError, PromptRenderer, encode_rows, max_prompt_tokens
 from protocol.tokens import TokenError, eos_ids
 
@@ -68,12 +68,12 @@ def read_prompt_file(cfg: RunConfig, split: str, path: str) -> list[dict]:
         files = data_files(p) if cfg.task.name in JSONL else [p]  # a task's data may be shards (a glob pattern)
         if not files[0].is_file():
             raise InputError(f"{path}: {'is a folder, not a file' if p.is_dir() else 'no such file'} ({key})")
-        if cfg.task.name in JSONL:
+        if cfg.task.name not in JSONL:
+            rows = read_jsonl(p)
+        elif (rows := prompt_file_rows(p)) is None:  # else already converted (a resumed run's data/, `scca data --from`)
             rows, report = TASKS[cfg.task.name].load(str(p), prompt_field=cfg.task.prompt_field,
                                                      answer_field=cfg.task.answer_field, with_report=True)
             check_chat_data(cfg, report.summary(), key)
-        else:
-            rows = read_jsonl(p)
     except (DatasetError, JsonlError) as exc:
         raise InputError(f"{exc} ({key})") from None
     except UnicodeDecodeError as exc:

@@ -171,6 +171,16 @@ def read_jsonl(path: str | Path, lines: list[int] | None = None) -> list[dict]:
     return rows
 
 
+def prompt_file_rows(path: str | Path) -> list[dict] | None:
+    """The rows of `path` if it is a valid prompt file in the learner's format (what `scca run`
+    writes to run_dir/data/ and `scca data --from` converts to), else None: a task's own
+    file (GSM8K, verl, ...) fails on its first row, so this costs one line to find out."""
+    try:
+        return read_jsonl(path)
+    except (DatasetError, OSError, UnicodeDecodeError):
+        return None
+
+
 def write_jsonl(rows: list[dict], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

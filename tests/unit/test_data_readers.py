@@ -350,3 +350,25 @@ def test_sharded_data_through_a_glob_pattern(tmp_path):
     assert check_inputs(cfg) == {"train": 2, "heldout": 1}
     with pytest.raises(ConfigError, match=r"train-00001-of-00002.parquet: row 1: prompt is \d+ tokens"):
         prepare_run(cfg, tmp_path / "run")
+
+
+def test_converted_prompt_files_are_read_as_they_are_so_math_runs_resume(tmp_path):
+    """A math run's resolved config names its converted data/*.jsonl; reading those again
+    through the task's reader (what `scca run --resume` and `scca doctor` did) failed with
+    "no answer field". A file already in the learner's format is read as it is, also as the
+    train_file of a new run (`scca data math --from` output)."""
+    from deploy.preflight import check_inputs
+
+    gsm = _write(tmp_path / "gsm.jsonl", GSM_ROWS)
+    cfg = parse_config({"task": {"name": "math", "train_file": str(gsm), "heldout_file": str(gsm)},
+                        "model": {"bootstrap_dir": str(tmp_path / "none")}})
+    resolved = prepare_run(cfg, tmp_path / "run")
+    assert resolved.task.train_file == str((tmp_path / "run" / "data" / "train.jsonl").resolve())
+    assert check_inputs(resolved) == {"train": 2, "heldout": 2}  # the resume preflight
+    converted = tmp_path / "prompts.jsonl"
+    assert scca(["data", "math", "--from", str(gsm), "--out", str(converted)]) == 0
+    again = parse_config({"task": {"name": "math", "train_file": str(converted), "heldout_file": str(gsm)},
+                          "model": {"bootstrap_dir": str(tmp_path / "none")}})
+    prepare_run(again, tmp_path / "run2")
+    written = [json.loads(x) for x in (tmp_path / "run2" / "data" / "train.jsonl").read_text().splitlines()]
+    assert written == [json.loads(x) for x in converted.read_text().splitlines()] == _expected(tmp_path)
